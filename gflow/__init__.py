@@ -1,0 +1,16 @@
+"""gflow: neural-network training posed as an ODE and integrated accurately.
+
+    cfg = gflow.RunConfig(alpha=1.0, width=100)
+    traj = gflow.run(cfg, out="run.h5")        # integrate and store densely in HDF5
+    traj = gflow.open("run.h5")                # query: traj.outputs(i), traj.state(i), traj.steps
+    flow = gflow.build(cfg)                    # the ODE itself: flow.y0, flow.vector_field(t, y)
+"""
+
+from .config import RunConfig
+from .errors import ConfigError, FileFormatError, GflowError
+from .flow import GradientFlow, build
+from .run import run
+from .store import Trajectory
+from .store import open_trajectory as open
+
+__all__ = ["ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Trajectory", "build", "open", "run"]

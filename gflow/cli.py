@@ -1,0 +1,111 @@
+"""The ``gflow`` command. Thin: each command calls the library function a Python user
+would call, and turns bad input into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+from .config import RunConfig, _TYPES
+from .errors import GflowError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.exit(2, f"gflow: error: {message}\n")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, same name with dashes; unset flags keep the config's value."""
+    group = p.add_argument_group("run configuration (RunConfig fields; override --config)")
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        base, _ = _TYPES[f.name]
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif base is tuple:
+            group.add_argument(flag, type=int, nargs="+", default=None, metavar="CLASS")
+        else:
+            group.add_argument(flag, type=base, default=None, metavar=base.__name__.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base = RunConfig.load(args.config) if args.config else RunConfig()
+    changes = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name) is not None}
+    return base.replace(**changes)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run
+
+    cfg = config_from_args(args)
+    traj = run(cfg, args.out, overwrite=args.overwrite, progress=None)
+    print(format_summary(traj))
+    return 0 if traj.status == "finished" else 1
+
+
+def format_summary(traj: Any) -> str:
+    """A readable summary of a stored run: config, status, counts, final metrics."""
+    s = traj.summary()
+    cfg = traj.config
+    lines = [
+        f"{traj.path}",
+        f"  status       {s['status']} ({s['stop_reason']})",
+        f"  data         {cfg.dataset} ptr={cfg.ptr} pte={cfg.pte} labels={cfg.labels}"
+        + (f" pca={cfg.pca}" if cfg.pca else ""),
+        f"  network      {cfg.arch} depth={cfg.depth} width={cfg.width} act={cfg.act} {cfg.parametrization}"
+        f" seed={cfg.seed}",
+        f"  loss         {cfg.loss} alpha={cfg.alpha:g}" + (" centred" if cfg.centered else ""),
+        f"  solver       {cfg.solver} controller={cfg.controller} max_dgrad={cfg.max_dgrad:g} max_dout={cfg.max_dout:g}",
+    ]
+    if "t" in s:
+        lines += [
+            f"  reached      t = {s['t']:.6g} of {cfg.t_end:g} in {int(s['step'])} steps, "
+            f"{int(s['evals'])} gradient evaluations, {s['wall']:.1f} s",
+            f"  train        loss {s['train_loss']:.4e}  error {s['train_err']:.4f}",
+            f"  test         loss {s['test_loss']:.4e}  error {s['test_err']:.4f}",
+        ]
+    return "\n".join(lines)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .store import open_trajectory
+
+    for path in args.files:
+        print(format_summary(open_trajectory(path)))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gflow", description="Neural-network training as an ODE, integrated accurately.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="integrate one run and store it in HDF5")
+    p.add_argument("--config", help="TOML file of RunConfig fields")
+    p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("show", help="summarise stored runs")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GflowError as e:
+        print(f"gflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

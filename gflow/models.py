@@ -1,0 +1,123 @@
+"""Networks with an explicit parametrization, evaluated on one flat parameter vector.
+
+A model is an ``nn.Module`` used only as a description of the architecture: training
+state lives in one flat tensor ``w``, and :class:`FlatModel` evaluates ``f(w, x)`` with
+``torch.func.functional_call`` on views of ``w`` (no copy of the module per step, and the
+gradient with respect to ``w`` comes out flat).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+_RAW_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softplus": nn.functional.softplus,
+    "relu": torch.relu,
+    "swish": nn.functional.silu,
+    "tanh": torch.tanh,
+}
+
+
+def _second_moment(phi: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """E[phi(z)^2] for z ~ N(0, 1), by 100-point Gauss-Hermite quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(100)
+    values = phi(torch.from_numpy(nodes)).numpy()
+    return float(np.sum(weights * values**2) / math.sqrt(2 * math.pi))
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """phi(z) / sqrt(E[phi(z)^2]) with z ~ N(0, 1): normalised so that under the NTK
+    scaling every pre-activation stays of unit variance at initialisation, at any depth."""
+    phi = _RAW_ACTIVATIONS[name]
+    scale = 1.0 / math.sqrt(_second_moment(phi))
+    return lambda z: phi(z) * scale
+
+
+class FullyConnected(nn.Module):
+    """f(w, x) = kappa * c_L W^L phi(... phi(c_0 W^0 x)), with ``depth`` hidden layers of
+    ``width`` neurons and a scalar output.
+
+    Parametrizations (h = width, c_l the forward multiplier of layer l, d_l its fan-in):
+      ntk         W ~ N(0, 1),    c_l = 1/sqrt(d_l) for every layer, the last one too
+                  (Jacot et al.; seed 001: z^{l+1} = W^l phi(z^l) / sqrt(h));
+      mean-field  as ntk but the last layer has c_L = 1/h (seed 001, "mean field limit");
+      standard    W ~ N(0, 1/d_l), c_l = 1 (PyTorch-style: same function at
+                  initialisation as ntk, different training dynamics).
+    ``kappa`` scales the output at initialisation (Li, Luo, Zhou, seed 003). No biases.
+    """
+
+    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0):
+        super().__init__()
+        sizes = [d] + [width] * depth + [1]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(n_out, n_in)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        )
+        self.multipliers = [1.0 / math.sqrt(n_in) for n_in in sizes[:-1]]
+        if parametrization == "mean-field":
+            self.multipliers[-1] = 1.0 / width
+        self.init_std = [1.0] * len(sizes[:-1])
+        if parametrization == "standard":
+            self.init_std = self.multipliers
+            self.multipliers = [1.0] * len(self.multipliers)
+        self.phi = activation(act)
+        self.kappa = kappa
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            for w, std in zip(self.weights, self.init_std):
+                w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype) * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x
+        last = len(self.weights) - 1
+        for i, (w, c) in enumerate(zip(self.weights, self.multipliers)):
+            z = z @ w.T * c
+            if i < last:
+                z = self.phi(z)
+        return self.kappa * z.squeeze(-1)
+
+
+class FlatModel:
+    """Evaluates a module with all its parameters taken from one flat vector ``w``.
+
+    ``model(w, x)`` returns f(w, x) (raw: not centred, not scaled by alpha). ``w0`` is the
+    module's own parameters flattened; ``layers`` gives the slice of ``w`` of each tensor.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        offsets = np.cumsum([0] + self.sizes)
+        self.layers = {n: slice(int(a), int(b)) for n, a, b in zip(self.names, offsets[:-1], offsets[1:])}
+        self.n_params = int(offsets[-1])
+
+    @property
+    def w0(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+
+    def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.sizes), self.shapes)}
+
+    def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.params(w), (x,))
+
+
+def build_model(
+    d: int, arch: str, depth: int, width: int, act: str, parametrization: str, kappa: float,
+    seed: int, dtype: torch.dtype, device: torch.device,
+) -> FlatModel:
+    """The network of a run, initialised from ``seed`` (same seed, same w0, on any device)."""
+    if arch != "fc":
+        raise ValueError(f"arch = {arch!r}: must be fc")
+    module = FullyConnected(d, width, depth, act, parametrization, kappa).to(dtype)
+    module.reset_parameters(torch.Generator().manual_seed(seed))
+    return FlatModel(module.to(device))

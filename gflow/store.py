@@ -1,0 +1,279 @@
+"""HDF5 trajectories: a streaming writer (an observer) and a reader that queries.
+
+The layout is a versioned contract, documented in docs/FORMAT.md. Readers reject files of
+another format or a newer version with one clear error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from solvers import Observer, SaveRecord, StepRecord, Stop
+
+from .config import RunConfig
+from .errors import FileFormatError
+from .flow import GradientFlow
+
+FORMAT = "gflow-trajectory"
+FORMAT_VERSION = 1
+
+STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "rejected", "evals", "wall")
+SAVE_SCALARS = ("t", "step", "evals", "wall", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
+REQUIRED = (
+    "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
+    *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),
+    "saves/f_train", "saves/f_test", "saves/weight_change",
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> str:
+    import h5py as _h5py
+    import torchdiffeq
+
+    return json.dumps({
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+        "h5py": _h5py.__version__, "torchdiffeq": torchdiffeq.__version__, "gflow": _gflow_version(),
+    })
+
+
+def _gflow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _table(group: h5py.Group, name: str, width: int | None = None, dtype: Any = "f8") -> None:
+    shape, maxshape = ((0,), (None,)) if width is None else ((0, width), (None, width))
+    chunks = (1024,) if width is None else (1, max(width, 1))
+    group.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks,
+                         compression="gzip" if width is not None and width >= 4096 else None)
+
+
+def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(rows), axis=0)
+    ds[n:] = rows
+
+
+class TrajectoryWriter(Observer):
+    """Streams a run into ``path``: step rows are buffered and written, with the save row,
+    at every save, and the file is flushed then, so a killed run leaves every earlier save
+    readable. ``finish(stop)`` records the final status and the step size to resume with."""
+
+    def __init__(self, path: str | Path, flow: GradientFlow, keep_state: bool = True) -> None:
+        self.flow = flow
+        self.keep_state = keep_state
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "w", libver="latest")
+        f = self.file
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "stop_reason": "",
+            "config": flow.cfg.to_json(), "versions": _versions(), "device": str(flow.w0.device),
+            "created": _now(), "updated": _now(), "n_params": flow.n_params,
+        })
+        init = f.create_group("init")
+        init["w0"] = flow.w0.cpu().numpy()
+        init["f0_train"] = flow.f0_train.cpu().numpy()
+        init["f0_test"] = flow.f0_test.cpu().numpy()
+        data = f.create_group("data")
+        for name in ("train_indices", "test_indices", "classes_train", "classes_test"):
+            data[name] = getattr(flow.data, name)
+        data["y_train"] = flow.y_train.cpu().numpy()
+        data["y_test"] = flow.y_test.cpu().numpy()
+        data.attrs["digest"] = flow.data.digest()
+        steps = f.create_group("steps")
+        for c in STEP_COLUMNS:
+            _table(steps, c)
+        saves = f.create_group("saves")
+        for c in SAVE_SCALARS:
+            _table(saves, c)
+        _table(saves, "f_train", len(flow.y_train))
+        _table(saves, "f_test", len(flow.y_test))
+        _table(saves, "weight_change", len(flow.model.layers))
+        saves.attrs["layers"] = json.dumps(list(flow.model.layers))
+        if keep_state:
+            _table(saves, "state", len(flow.y0))
+            _table(saves, "dstate", len(flow.y0))
+        self._rows: list[tuple[float, ...]] = []
+        self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+
+    def on_step(self, record: StepRecord) -> None:
+        ev = record.ev
+        self._rows.append((
+            ev.t, record.dt, float(ev.aux["loss"]), float(ev.aux["grad"].norm()),
+            record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan),
+            record.rejected, record.evals, record.wall,
+        ))
+
+    def _flush_steps(self) -> None:
+        if self._rows:
+            rows = np.array(self._rows, dtype=np.float64)
+            for i, c in enumerate(STEP_COLUMNS):
+                _append(self.file["steps"][c], rows[:, i])
+            self._rows = []
+
+    def on_save(self, record: SaveRecord) -> None:
+        flow, ev = self.flow, record.ev
+        w = flow.weights(ev.y)
+        f_train = ev.aux["f"]
+        f_test = flow.outputs(w, flow.x_test)
+        change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
+        scalars = {
+            "t": ev.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
+            "train_loss": float(ev.aux["loss"]), "train_err": flow.error(f_train, "train"),
+            "test_loss": flow.loss(f_test, "test"), "test_err": flow.error(f_test, "test"),
+            "grad_norm": float(ev.aux["grad"].norm()),
+        }
+        saves = self.file["saves"]
+        for c, v in scalars.items():
+            _append(saves[c], np.array([v], dtype=np.float64))
+        _append(saves["f_train"], f_train.cpu().numpy()[None])
+        _append(saves["f_test"], f_test.cpu().numpy()[None])
+        _append(saves["weight_change"], np.array([change]))
+        if self.keep_state:
+            _append(saves["state"], ev.y.detach().cpu().numpy()[None])
+            _append(saves["dstate"], ev.dydt.detach().cpu().numpy()[None])
+        self._flush_steps()
+        self.file.attrs.update({"updated": _now(), **{f"final_{k}": v for k, v in scalars.items()}})
+        self.file.flush()
+
+    def finish(self, stop: Stop, dt: float | None) -> None:
+        """Record how the run ended and close the file."""
+        self._flush_steps()
+        self.file.attrs.update({"status": stop.status, "stop_reason": stop.reason, "updated": _now(),
+                                "next_dt": np.nan if dt is None else dt})
+        self.file.close()
+
+
+def _check(path: Path) -> None:
+    """Raise FileFormatError unless ``path`` is a complete gflow trajectory we can read."""
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise FileFormatError(f"{path}: not an HDF5 file, or truncated") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise FileFormatError(f"{path}: not a gflow trajectory (format attribute {f.attrs.get('format')!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION or version < 1:
+            raise FileFormatError(
+                f"{path}: trajectory format version {version}; this gflow reads versions 1 to {FORMAT_VERSION}"
+                + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
+            )
+        for name in REQUIRED:
+            if name not in f:
+                raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
+        n = f["saves/t"].shape[0]
+        for name in ("f_train", "f_test", "weight_change"):
+            if f[f"saves/{name}"].shape[0] < n:
+                raise FileFormatError(f"{path}: /saves/{name} has fewer rows than /saves/t (damaged file)")
+
+
+class Trajectory:
+    """A stored run, queried lazily: each accessor opens the file, reads what it needs and
+    closes it, so a reader holds no handle between queries."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        _check(self.path)
+        attrs = self.attrs
+        self.config = RunConfig.from_json(attrs["config"], f"{self.path} /config")
+
+    def _file(self) -> h5py.File:
+        return h5py.File(self.path, "r")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        with self._file() as f:
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs["status"])
+
+    @property
+    def stop_reason(self) -> str:
+        return str(self.attrs["stop_reason"])
+
+    def read(self, name: str) -> np.ndarray:
+        """Any dataset by path, e.g. ``read("saves/test_err")``."""
+        with self._file() as f:
+            if name not in f:
+                raise FileFormatError(f"{self.path}: no dataset /{name}")
+            return f[name][()]
+
+    @property
+    def save_times(self) -> np.ndarray:
+        return self.read("saves/t")
+
+    def __len__(self) -> int:
+        return len(self.save_times)
+
+    def _row(self, name: str, i: int) -> np.ndarray:
+        with self._file() as f:
+            if name not in f:
+                raise FileFormatError(f"{self.path}: no dataset /{name} (was the run saved without states?)")
+            ds = f[name]
+            n = f["saves/t"].shape[0]
+            if not -n <= i < n:
+                raise IndexError(f"save index {i} out of range for {n} saves")
+            return ds[i % n]
+
+    def outputs(self, i: int, split: str = "train") -> np.ndarray:
+        """Raw outputs f(w(t_i), x) on ``split`` ("train" or "test") at the i-th save."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split = {split!r}: must be train or test")
+        return self._row(f"saves/f_{split}", i)
+
+    def state(self, i: int) -> torch.Tensor:
+        """The flat ODE state at the i-th save (w, or (w, v) for momentum)."""
+        return torch.from_numpy(self._row("saves/state", i))
+
+    def derivative(self, i: int) -> torch.Tensor:
+        """dy/dt at the i-th save."""
+        return torch.from_numpy(self._row("saves/dstate", i))
+
+    @property
+    def steps(self) -> "pd.DataFrame":  # noqa: F821
+        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
+        import pandas as pd
+
+        with self._file() as f:
+            return pd.DataFrame({c: f[f"steps/{c}"][()] for c in STEP_COLUMNS})
+
+    @property
+    def saves(self) -> "pd.DataFrame":  # noqa: F821
+        """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
+        import pandas as pd
+
+        with self._file() as f:
+            return pd.DataFrame({c: f[f"saves/{c}"][()] for c in SAVE_SCALARS})
+
+    def summary(self) -> dict[str, Any]:
+        """Status, counts and final metrics, read from attributes only (cheap)."""
+        a = self.attrs
+        out = {"status": a["status"], "stop_reason": a["stop_reason"]}
+        out.update({k[len("final_"):]: v for k, v in a.items() if k.startswith("final_")})
+        return out
+
+
+def open_trajectory(path: str | Path) -> Trajectory:
+    """Open a stored run for queries (``gflow.open``)."""
+    return Trajectory(path)

@@ -1,0 +1,47 @@
+"""Generic ODE integration on torch tensors. Knows nothing about networks.
+
+    integrate(problem, y0, (t0, t_end), method, save_at=..., observers=..., events=...)
+
+A problem maps (t, y) to an :class:`Evaluation` (dy/dt plus named auxiliary values); a
+method is a stepper under a controller (:class:`Adaptive`) or a torchdiffeq solver
+(:class:`TorchDiffEq`); observers see every accepted step and every save; events stop it.
+"""
+
+from .adaptive import Adaptive
+from .controllers import Controller, Decision, FixedStep, GradientRatio, RatioTarget
+from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
+from .integrate import Counters, Solution, integrate
+from .method import Method, Segment
+from .observers import Observer, SaveRecord, StepRecord
+from .problem import CountingProblem, Evaluation, FunctionProblem, Problem
+from .steppers import Euler, ExactMomentum, Stepper
+
+__all__ = [
+    "Adaptive",
+    "Condition",
+    "Controller",
+    "Counters",
+    "CountingProblem",
+    "Decision",
+    "Euler",
+    "Evaluation",
+    "Event",
+    "ExactMomentum",
+    "FixedStep",
+    "FunctionProblem",
+    "GradientRatio",
+    "MaxSteps",
+    "Method",
+    "Observer",
+    "Problem",
+    "Progress",
+    "RatioTarget",
+    "SaveRecord",
+    "Segment",
+    "Solution",
+    "StepRecord",
+    "Stepper",
+    "Stop",
+    "WallClock",
+    "integrate",
+]

@@ -1,0 +1,61 @@
+"""The native method: one stepper driven by one step-size controller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .controllers import Controller
+from .events import Stop, non_finite, step_collapsed
+from .method import OnStep, Segment
+from .problem import CountingProblem, Evaluation
+from .steppers import Stepper
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Take tentative steps with ``stepper``; let ``controller`` accept them or not.
+
+    Every evaluation is used once: an accepted tentative evaluation is the next step's
+    starting evaluation, so an accepted step costs one evaluation and a rejected one
+    costs one more. Steps are shortened to land exactly on ``t_stop`` (a save time)
+    without changing the controller's dt, as in the original implementation. A step
+    size below ``dt_min`` (relative to max(1, |t|)) fails the integration instead of
+    crawling forever.
+    """
+
+    stepper: Stepper
+    controller: Controller
+    dt0: float = 1.0
+    dt_min: float = 1e-13
+
+    def __post_init__(self) -> None:
+        if not self.dt0 > 0:
+            raise ValueError(f"dt0 = {self.dt0!r}: the first step must be > 0")
+
+    def advance(
+        self, problem: CountingProblem, ev: Evaluation, t_stop: float, dt: float | None, on_step: OnStep
+    ) -> Segment:
+        dt = self.dt0 if dt is None else dt
+        while ev.t < t_stop:
+            rejected = 0
+            while True:
+                remaining = t_stop - ev.t
+                h = min(dt, remaining)
+                collapsed = step_collapsed(ev.t, h, self.dt_min)
+                if collapsed:
+                    return Segment(ev, dt, collapsed)
+                t_new = t_stop if h == remaining else ev.t + h
+                new = problem.evaluate(t_new, self.stepper.step(ev, h))
+                failure = non_finite(new)
+                if failure:
+                    return Segment(ev, dt, Stop("failed", f"{failure.reason} (tentative step dt = {h:.3g})"))
+                decision = self.controller.adapt(ev, new, h, dt)
+                dt = decision.dt_next
+                if decision.accept:
+                    break
+                rejected += 1
+            ev = new
+            stop = on_step(ev, h, rejected, decision.ratios)
+            if stop:
+                return Segment(ev, dt, stop)
+        return Segment(ev, dt, None)

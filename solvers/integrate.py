@@ -1,0 +1,122 @@
+"""The single entry point: ``integrate(problem, y0, (t0, t_end), method, ...)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from .events import Event, Progress, Stop, non_finite
+from .method import Method
+from .observers import Observer, SaveRecord, StepRecord
+from .problem import CountingProblem, Evaluation, Problem
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Where an earlier integration left off, so a resumed one continues its counts."""
+
+    steps: int = 0
+    evals: int = 0
+    wall: float = 0.0
+    saves: int = 0
+
+
+@dataclass(frozen=True)
+class Solution:
+    """ev: the evaluation at the final state; stop: why it ended; dt: the step size the
+    method would take next (store it to resume); counters: totals at the end."""
+
+    ev: Evaluation
+    stop: Stop
+    dt: float | None
+    counters: Counters
+
+    @property
+    def t(self) -> float:
+        return self.ev.t
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.ev.y
+
+
+def _check_save_times(save_at: Sequence[float], t0: float, t_end: float) -> list[float]:
+    times = [float(t) for t in save_at]
+    if any(b <= a for a, b in zip(times, times[1:])):
+        raise ValueError("save times must be strictly increasing")
+    if times and (times[0] < t0 or times[-1] > t_end):
+        raise ValueError(f"save times must lie within [t0, t_end] = [{t0:g}, {t_end:g}]")
+    return times
+
+
+def integrate(
+    problem: Problem,
+    y0: torch.Tensor,
+    t_span: tuple[float, float],
+    method: Method,
+    *,
+    save_at: Sequence[float] = (),
+    observers: Iterable[Observer] = (),
+    events: Iterable[Event] = (),
+    dt: float | None = None,
+    counters: Counters = Counters(),
+) -> Solution:
+    """Integrate ``problem`` from ``y0`` at t0 to t_end with ``method``.
+
+    Save times are hit exactly (a step is shortened to land on each) and reported to every
+    observer's ``on_save``, and the final state is saved too when it is not a save time.
+    Every accepted step goes to ``on_step``. After each accepted step the evaluation is
+    checked for NaN/inf (status ``failed``) and then each event; the first to fire ends the
+    integration. ``dt`` overrides the method's first step; ``counters`` continue the counts
+    of an earlier integration that is being resumed.
+    """
+    t0, t_end = float(t_span[0]), float(t_span[1])
+    if not t_end > t0:
+        raise ValueError(f"t_end = {t_end:g} must be > t0 = {t0:g}")
+    saves = _check_save_times(save_at, t0, t_end)
+    observers, events = list(observers), list(events)
+    counting = CountingProblem(problem, counters.evals)
+    start = time.perf_counter() - counters.wall
+    steps, n_saved = counters.steps, counters.saves
+
+    def wall() -> float:
+        return time.perf_counter() - start
+
+    def save(ev: Evaluation) -> None:
+        nonlocal n_saved
+        record = SaveRecord(ev, n_saved, steps, counting.count, wall())
+        for obs in observers:
+            obs.on_save(record)
+        n_saved += 1
+
+    def on_step(ev: Evaluation, h: float, rejected: int, ratios: dict[str, float]) -> Stop | None:
+        nonlocal steps
+        steps += 1
+        record = StepRecord(ev, h, steps, rejected, counting.count, wall(), ratios)
+        for obs in observers:
+            obs.on_step(record)
+        stop = non_finite(ev)
+        progress = Progress(ev.t, steps, counting.count, record.wall, h)
+        for event in events:
+            stop = stop or event(ev, progress)
+        return stop
+
+    ev = counting.evaluate(t0, y0)
+    stop = non_finite(ev)
+    pending = [t for t in saves if t > t0]
+    if saves and saves[0] == t0 or stop:
+        save(ev)
+    while stop is None:
+        target = pending[0] if pending else t_end
+        ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
+        hit = bool(pending) and ev.t == pending[0]
+        if hit:
+            pending.pop(0)
+        if stop is None and ev.t >= t_end:
+            stop = Stop("finished", "reached t_end")
+        if hit or stop is not None:
+            save(ev)
+    return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved))

@@ -1,0 +1,64 @@
+"""Steppers: advance a state by dt given the evaluation at the start of the step."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+from .problem import Evaluation
+
+
+class Stepper(Protocol):
+    """``step(ev, dt) -> y(t + dt)`` from the evaluation ``ev`` at the start of the step."""
+
+    order: int
+
+    def step(self, ev: Evaluation, dt: float) -> torch.Tensor: ...
+
+
+class Euler:
+    """Explicit Euler, order 1: y(t + dt) = y + dt * dy/dt.
+
+    For gradient flow dw/dt = -grad L(w) this is gradient descent with learning rate dt,
+    the stepper of Geiger et al. (seed 001) under the gradient-ratio controller.
+    """
+
+    order = 1
+
+    def step(self, ev: Evaluation, dt: float) -> torch.Tensor:
+        return ev.y + dt * ev.dydt
+
+
+class ExactMomentum:
+    """The momentum system integrated exactly over a step for a frozen force g.
+
+    State y = (x, v) stacked in one flat tensor (x first, then v, equal halves) for
+
+        dv/dt = -(v + g(x)) / tau,     dx/dt = v.
+
+    Holding g fixed over the step, v relaxes exponentially towards -g:
+
+        v' = e^{-dt/tau} v - (1 - e^{-dt/tau}) g,      x' = x + dt v'
+
+    which is the update of the original implementation (mariogeiger/gradientflow,
+    ``_ContinuousMomentum``; seed 001, "momentum dynamics"). It is first order in dt and
+    stable for any dt/tau. The force g is read from the evaluation's auxiliary value
+    ``force_key`` (the loss gradient for a network).
+    """
+
+    order = 1
+
+    def __init__(self, tau: float, force_key: str = "grad") -> None:
+        if not tau > 0:
+            raise ValueError(f"tau = {tau!r}: the momentum time scale must be > 0")
+        self.tau = tau
+        self.force_key = force_key
+
+    def step(self, ev: Evaluation, dt: float) -> torch.Tensor:
+        g = ev.aux[self.force_key]
+        x, v = ev.y.chunk(2)
+        decay = math.exp(-dt / self.tau)
+        v_new = decay * v - (1.0 - decay) * g
+        return torch.cat([x + dt * v_new, v_new])
