@@ -40,7 +40,8 @@ class Adaptive:
             rejected = 0
             while True:
                 remaining = t_stop - ev.t
-                h = min(dt, remaining)
+                # Land on t_stop when the step would stop a rounding error short of it.
+                h = remaining if dt >= remaining * (1 - 1e-10) else dt
                 collapsed = step_collapsed(ev.t, h, self.dt_min)
                 if collapsed:
                     return Segment(ev, dt, collapsed)

@@ -110,7 +110,7 @@ class RatioTarget:
     ``target`` (a fraction of its bound) is h (target / r_grad)^{1/2} and
     h (target / r_out); the next dt is the smaller of the two, kept within
     [h / max_factor, h * max_factor]. A step whose ratio exceeds 1 is rejected and retried
-    with that dt. This is the standard asymptotic step-size rule (Hairer, Norsett, Wanner,
+    with that dt (cut by at most 10, like the paper's rule). This is the standard asymptotic step-size rule (Hairer, Norsett, Wanner,
     *Solving ODEs I*, II.4) applied to the paper's error indicators instead of an embedded
     error estimate; it avoids the paper rule's cycles of slow 1.1x growth and 10x cuts.
     """
@@ -136,7 +136,7 @@ class RatioTarget:
         accept = all(r < 1.0 for r in ratios.values())
         # A step shortened to hit a save time may grow from the controller's dt, not from h.
         longest = max(h, dt) * self.max_factor if accept else h
-        return Decision(accept, min(max(ideal, h / self.max_factor), longest), ratios)
+        return Decision(accept, min(max(ideal, h / self.max_factor if accept else h / 10), longest), ratios)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+import subprocess
+import sys
+
+import pytest
+
+from gflow.cli import main
+
+FAST = ["--ptr", "60", "--pte", "20", "--width", "10", "--t-end", "5", "--saves", "5"]
+
+
+def _gflow(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gflow.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_run_then_show_end_to_end_in_a_subprocess(tmp_path):
+    out = tmp_path / "r.h5"
+    proc = _gflow("run", *FAST, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "status       finished" in proc.stdout
+    assert "\r" not in proc.stderr  # no progress bar when not on a terminal
+    shown = _gflow("show", str(out))
+    assert shown.returncode == 0 and "gradient evaluations" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--alpha", "-1"], "alpha = -1.0: must be a finite number > 0"),
+        (["--alpha", "0"], "alpha = 0.0"),
+        (["--width", "0"], "width = 0: must be >= 1"),
+        (["--dataset", "imagenet"], "dataset = 'imagenet': must be one of"),
+        (["--act", "gelu"], "act = 'gelu': must be one of"),
+        (["--solver", "sgd"], "solver = 'sgd': must be one of"),
+        (["--loss", "l1"], "loss = 'l1': must be one of"),
+        (["--ptr", "5000"], "exceeds the 1797 samples of digits"),
+        (["--t-end", "0"], "t_end = 0.0"),
+        (["--t-end", "-3"], "t_end = -3.0"),
+        (["--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
+        (["--config", "missing.toml"], "cannot read config missing.toml"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, args, message):
+    out = tmp_path / "bad.h5"
+    try:
+        code = main(["run", *args, "--out", str(out)])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("gflow: error:")
+    assert not out.exists()
+
+
+def test_argparse_errors_exit_with_code_2(tmp_path):
+    proc = _gflow("run", "--alpha", "abc", "--out", str(tmp_path / "x.h5"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_unreadable_config_is_one_line_exit_2(tmp_path):
+    (tmp_path / "bad.toml").write_text("alpha = [")
+    proc = _gflow("run", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x.h5"))
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    out = tmp_path / "r.h5"
+    out.write_bytes(b"precious")
+    proc = _gflow("run", *FAST, "--out", str(out))
+    assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+    assert out.read_bytes() == b"precious"
+    assert _gflow("run", *FAST, "--out", str(out), "--overwrite").returncode == 0
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    (tmp_path / "run.toml").write_text("ptr = 60\npte = 20\nwidth = 10\nt_end = 2.0\nalpha = 5.0\n")
+    out = tmp_path / "r.h5"
+    assert main(["run", "--config", str(tmp_path / "run.toml"), "--alpha", "0.5", "--out", str(out)]) == 0
+    import gflow
+
+    cfg = gflow.open(out).config
+    assert cfg.alpha == 0.5 and cfg.width == 10 and cfg.t_end == 2.0
+
+
+def test_show_rejects_a_file_that_is_not_a_trajectory(tmp_path, capsys):
+    (tmp_path / "x.h5").write_bytes(b"not hdf5 at all")
+    assert main(["show", str(tmp_path / "x.h5")]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err
+

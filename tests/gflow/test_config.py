@@ -1,0 +1,59 @@
+import math
+
+import pytest
+
+from gflow import ConfigError, GflowError, RunConfig
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("alpha", -1.0, "alpha = -1.0: must be a finite number > 0"),
+        ("alpha", 0.0, "alpha = 0.0"),
+        ("width", 0, "width = 0: must be >= 1"),
+        ("dataset", "cifar", "must be one of digits, fashion-mnist, mnist, teacher"),
+        ("act", "gelu", "must be one of softplus, relu, swish, tanh"),
+        ("solver", "adam", "solver = 'adam'"),
+        ("loss", "l1", "must be one of softhinge, hinge, qhinge, mse"),
+        ("t_end", 0.0, "t_end = 0.0"),
+        ("t_end", math.inf, "t_end = inf"),
+        ("ptr", "many", "ptr = 'many': must be an integer"),
+        ("centered", 1, "must be true or false"),
+    ],
+)
+def test_bad_field_names_the_field_and_what_is_allowed(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        RunConfig(**{field: value})
+    assert info.value.field == field
+
+
+def test_toml_round_trip_preserves_every_field(tmp_path):
+    cfg = RunConfig(alpha=0.3, width=17, classes=(1, 3, 5), max_dout=math.inf, stop_margin=1.0, centered=False)
+    cfg.save(tmp_path / "run.toml")
+    assert RunConfig.load(tmp_path / "run.toml") == cfg
+
+
+def test_json_round_trip_preserves_every_field():
+    cfg = RunConfig(alpha=1e-3, pca=10, seed=4)
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_toml_accepts_a_run_table_and_integer_for_float_fields(tmp_path):
+    (tmp_path / "a.toml").write_text("[run]\nalpha = 2\nwidth = 8\n")
+    cfg = RunConfig.load(tmp_path / "a.toml")
+    assert cfg.alpha == 2 and cfg.width == 8
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("alpha = ", "not valid TOML"), ("colour = 1", "unknown field 'colour'"), ("alpha = -2", "alpha = -2")],
+)
+def test_unreadable_or_invalid_toml_is_a_clear_error(tmp_path, text, message):
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(GflowError, match=message):
+        RunConfig.load(tmp_path / "bad.toml")
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(GflowError, match="cannot read config"):
+        RunConfig.load(tmp_path / "absent.toml")

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from solvers import Adaptive, Euler, FixedStep, FunctionProblem, GradientRatio, Observer, RatioTarget, integrate
+from solvers.controllers import gradient_turn
+
+from .problems import decay
+
+
+class Steps(Observer):
+    def __init__(self):
+        self.records = []
+
+    def on_step(self, record):
+        self.records.append(record)
+
+
+def test_gradient_turn_is_the_papers_ratio():
+    g, g2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    assert gradient_turn(g, g2) == pytest.approx(5.0 / 2.0)
+    assert gradient_turn(g, torch.zeros(2)) == 0.0
+
+
+def _stiffening_at(t_ramp: float, rate: float) -> FunctionProblem:
+    """Gradient flow of L = lambda(t) |y|^2 / 2 with lambda rising smoothly but fast from 1
+    to ``rate`` around t_ramp: a planted stiff stretch the controller must slow down for."""
+
+    def lam(t):
+        return 1.0 + (rate - 1.0) / (1.0 + math.exp(-(t - t_ramp) / 0.01))
+
+    return FunctionProblem(lambda t, y: -lam(t) * y, lambda t, y: {"grad": lam(t) * y})
+
+
+def test_gradient_ratio_rejects_and_shrinks_tenfold_at_a_planted_stiff_step():
+    steps = Steps()
+    integrate(_stiffening_at(2.0, 1e3), torch.ones(3), (0.0, 2.5),
+              Adaptive(Euler(), GradientRatio(max_dgrad=1e-2), dt0=0.05), observers=[steps])
+    assert steps.records[-1].ev.t == 2.5
+    early = [r for r in steps.records if r.ev.t < 1.5]
+    assert sum(r.rejected for r in early) == 0  # smooth stretch: no rejection once dt has settled
+    ramp = next(i for i, r in enumerate(steps.records) if r.ev.t > 1.5 and r.rejected > 0)
+    record, previous = steps.records[ramp], steps.records[ramp - 1]
+    # Each rejection divides the controller's dt by 10; the accepted step then used that dt.
+    shrunk = previous.dt / 10**record.rejected
+    assert record.dt == pytest.approx(shrunk) or record.dt == pytest.approx(shrunk * 1.1)
+    assert all(r.ratios["dgrad"] < 1.0 for r in steps.records)
+    assert min(r.dt for r in steps.records if r.ev.t > 2.0) < previous.dt / 10
+
+
+def test_gradient_ratio_grows_by_1_1_only_when_every_ratio_is_under_half():
+    controller = GradientRatio(max_dgrad=10.0, max_dout=1.0)
+    p = FunctionProblem(lambda t, y: -y, lambda t, y: {"grad": y.clone(), "f": y.clone()})
+    a = p.evaluate(0.0, torch.tensor([1.0]))
+    small = p.evaluate(0.1, torch.tensor([0.9]))
+    mid = p.evaluate(0.1, torch.tensor([0.3]))  # dout = 0.7: accepted, not grown
+    big = p.evaluate(0.1, torch.tensor([-0.5]))
+    assert controller.adapt(a, small, 0.1, 0.1).dt_next == pytest.approx(0.11)
+    decision = controller.adapt(a, mid, 0.1, 0.1)
+    assert decision.accept and decision.dt_next == 0.1
+    decision = controller.adapt(a, big, 0.1, 0.1)
+    assert not decision.accept and decision.dt_next == pytest.approx(0.01)
+
+
+def test_ratio_target_follows_a_stiffening_problem_with_fewer_rejections():
+    # lambda(t) = 1 + t^2: the stable step keeps shrinking, so the paper's grow-by-1.1 rule
+    # runs into its bound again and again, each time paying a rejected evaluation.
+    problem = FunctionProblem(lambda t, y: -(1 + t * t) * y, lambda t, y: {"grad": (1 + t * t) * y})
+    runs = {}
+    for name, controller in (("paper", GradientRatio(1e-4)), ("target", RatioTarget(1e-4))):
+        obs = Steps()
+        integrate(problem, torch.ones(2), (0.0, 3.0), Adaptive(Euler(), controller, dt0=0.01), observers=[obs])
+        runs[name] = obs.records
+    target_records, paper_records = runs["target"], runs["paper"]
+    assert all(r.ratios["dgrad"] < 1.0 for r in target_records)
+    assert sum(r.rejected for r in target_records) < sum(r.rejected for r in paper_records) / 2
+    late = target_records[len(target_records) // 4:]
+    mean_ratio = sum(r.ratios["dgrad"] for r in late) / len(late)
+    assert 0.3 < mean_ratio < 0.7  # it sits near its target of half the bound
+
+
+@pytest.mark.parametrize("bad", [dict(max_dgrad=0.0), dict(max_dout=-1.0)])
+def test_controllers_reject_non_positive_bounds(bad):
+    for cls in (GradientRatio, RatioTarget):
+        with pytest.raises(ValueError):
+            cls(**bad)
+
+
+def test_fixed_step_rejects_non_positive_dt():
+    with pytest.raises(ValueError, match="dt"):
+        FixedStep(0.0)
+
+
+def test_nan_ratio_counts_as_exceeded():
+    c = GradientRatio(max_dgrad=1.0)
+    p = FunctionProblem(lambda t, y: -y, lambda t, y: {"grad": y})
+    a = p.evaluate(0.0, torch.tensor([1.0]))
+    b = p.evaluate(0.0, torch.tensor([math.inf]))
+    assert not c.adapt(a, b, 0.1, 0.1).accept
