@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from solvers.torchdiffeq_backend import FIXED, METHODS
+
 from .errors import ConfigError, GflowError
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "teacher")
@@ -23,6 +25,8 @@ ACTIVATIONS = ("softplus", "relu", "swish", "tanh")
 PARAMETRIZATIONS = ("ntk", "mean-field", "standard")
 LOSSES = ("softhinge", "hinge", "qhinge", "mse")
 NATIVE_SOLVERS = ("gradient-ratio", "momentum")
+SOLVERS = NATIVE_SOLVERS + METHODS
+FLOWS = ("gradient", "momentum")
 CONTROLLERS = ("paper", "ratio-target")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float64", "float32")
@@ -59,11 +63,15 @@ class RunConfig:
     centered: bool = True
     # solver
     solver: str = "gradient-ratio"
+    flow: str | None = None
     controller: str = "paper"
     tau: float = 1.0
     max_dgrad: float = 1e-4
     max_dout: float = 0.1
     dt0: float = 1.0
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    dt: float | None = None
     # schedule and stopping
     t_end: float = 1e4
     saves: int = 100
@@ -86,8 +94,19 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None:
                 check(name, value)
+        if self.solver == "momentum" and self.flow == "gradient":
+            raise ConfigError("flow", self.flow, "solver momentum integrates the momentum flow; leave flow unset")
+        if self.solver == "gradient-ratio" and self.flow == "momentum":
+            raise ConfigError("flow", self.flow, "solver gradient-ratio integrates the gradient flow; use solver momentum")
+        if self.solver in FIXED and self.dt is None:
+            raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
         if self.pca is not None and self.pca > self.ptr:
             raise ConfigError("pca", self.pca, f"must be <= ptr ({self.ptr}) to fit the projection on the train set")
+
+    @property
+    def momentum(self) -> bool:
+        """True when the ODE is the momentum flow (state (w, v))."""
+        return self.solver == "momentum" or self.flow == "momentum"
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -222,7 +241,11 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "alpha": _positive,
     "loss": _one_of(LOSSES),
     "beta": _positive,
-    "solver": _one_of(NATIVE_SOLVERS),
+    "solver": _one_of(SOLVERS),
+    "flow": _one_of(FLOWS),
+    "rtol": _positive,
+    "atol": _at_least(0),
+    "dt": _positive,
     "controller": _one_of(CONTROLLERS),
     "tau": _positive,
     "max_dgrad": _positive,

@@ -34,7 +34,7 @@ class GradientFlow:
         self.x_test, self.y_test = data.x_test, data.y_test
         self.alpha = cfg.alpha
         self.loss_fn = get_loss(cfg.loss, cfg.beta)
-        self.momentum = cfg.solver == "momentum"
+        self.momentum = cfg.momentum
         self.n_params = model.n_params
         self.w0 = model.w0
         self.f0_train = self.outputs(self.w0, self.x_train)
@@ -76,13 +76,14 @@ class GradientFlow:
         n = len(self.x_train)
         scale = 1.0 / (self.alpha**2 * n)
         losses, grads, outs = [], [], []
-        for s in self._chunks(n):
-            f = self.model(w, self.x_train[s])
-            a = self.alpha * (f - self.f0_train[s]) if self.cfg.centered else self.alpha * f
-            chunk_loss = self.loss_fn(a, self.y_train[s]).sum() * scale
-            grads.append(torch.autograd.grad(chunk_loss, w)[0])
-            losses.append(chunk_loss.detach())
-            outs.append(f.detach())
+        with torch.enable_grad():  # callers such as SciPy's wrapper evaluate under no_grad
+            for s in self._chunks(n):
+                f = self.model(w, self.x_train[s])
+                a = self.alpha * (f - self.f0_train[s]) if self.cfg.centered else self.alpha * f
+                chunk_loss = self.loss_fn(a, self.y_train[s]).sum() * scale
+                grads.append(torch.autograd.grad(chunk_loss, w)[0])
+                losses.append(chunk_loss.detach())
+                outs.append(f.detach())
         if len(grads) == 1:
             return losses[0], grads[0], outs[0]
         return torch.stack(losses).sum(), torch.stack(grads).sum(0), torch.cat(outs)

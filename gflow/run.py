@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from solvers import Adaptive, Condition, Euler, ExactMomentum, GradientRatio, MaxSteps, RatioTarget, Stop, WallClock, integrate
+from solvers import (Adaptive, Condition, Euler, ExactMomentum, GradientRatio, MaxSteps, RatioTarget, Stop,
+                     TorchDiffEq, WallClock, integrate)
 from solvers.events import Event
 from solvers.method import Method
 
-from .config import RunConfig
+from .config import NATIVE_SOLVERS, RunConfig
 from .errors import GflowError
 from .flow import GradientFlow, build
 from .progress import ProgressBar
@@ -27,8 +28,12 @@ def save_times(cfg: RunConfig) -> list[float]:
 
 
 def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
-    """The stepper and controller a config asks for. The output bound is max_dout / alpha
-    on the raw outputs, i.e. max_dout on the scaled outputs alpha (f - f0) (seed 001)."""
+    """The method a config asks for: a torchdiffeq method, or the native stepper (Euler for
+    gradient flow, exact momentum for momentum flow) under the paper's controller or the
+    ratio-target one. The output bound is max_dout / alpha on the raw outputs, i.e.
+    max_dout on the scaled outputs alpha (f - f0) (seed 001)."""
+    if cfg.solver not in NATIVE_SOLVERS:
+        return TorchDiffEq(cfg.solver, rtol=cfg.rtol, atol=cfg.atol, step_size=cfg.dt)
     bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha)
     controller = GradientRatio(**bounds) if cfg.controller == "paper" else RatioTarget(**bounds)
     stepper = ExactMomentum(cfg.tau) if flow.momentum else Euler()

@@ -15,6 +15,7 @@ from .method import Method, Segment
 from .observers import Observer, SaveRecord, StepRecord
 from .problem import CountingProblem, Evaluation, FunctionProblem, Problem
 from .steppers import Euler, ExactMomentum, Stepper
+from .torchdiffeq_backend import TorchDiffEq
 
 __all__ = [
     "Adaptive",
@@ -42,6 +43,7 @@ __all__ = [
     "StepRecord",
     "Stepper",
     "Stop",
+    "TorchDiffEq",
     "WallClock",
     "integrate",
 ]

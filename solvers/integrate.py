@@ -87,7 +87,7 @@ def integrate(
 
     def save(ev: Evaluation) -> None:
         nonlocal n_saved
-        record = SaveRecord(ev, n_saved, steps, counting.count, wall())
+        record = SaveRecord(ev, n_saved, steps, counting.count, wall(), dt)
         for obs in observers:
             obs.on_save(record)
         n_saved += 1

@@ -32,13 +32,16 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class SaveRecord:
-    """The state at the index-th requested save time ev.t."""
+    """The state at the index-th save, at time ev.t. dt: the step size the method will
+    start from there (None until the method has chosen one); with the state and the
+    counters it is all that is needed to continue the integration from this save."""
 
     ev: Evaluation
     index: int
     steps: int
     evals: int
     wall: float
+    dt: float | None = None
 
 
 class Observer:
