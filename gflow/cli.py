@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from dataclasses import fields
 from typing import Any, Sequence
 
@@ -78,6 +79,27 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen = bench.problems(args.problems, quick=args.quick)
+    except ValueError as e:
+        raise GflowError(str(e)) from None
+    table = bench.solvers_benchmark(chosen, quick=args.quick)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    table.to_csv(out / "solvers.csv", index=False)
+    bench.work_precision_plot(table, out / "work_precision.png")
+    if not args.quick:
+        ratio = bench.storage_overhead(RunConfig())  # the default run and save policy
+        print(f"HDF5 storage: stored run / bare integration wall time = {ratio:.3f}")
+        (out / "storage_overhead.txt").write_text(f"{ratio:.4f}\n")
+    print(f"wrote {out / 'solvers.csv'} and {out / 'work_precision.png'}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gflow", description="Neural-network training as an ODE, integrated accurately.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -88,6 +110,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="benchmarks: `gflow bench solvers` (work-precision of every method)")
+    p.add_argument("which", choices=["solvers"])
+    p.add_argument("--problems", nargs="+", help="subset of problems (default: the digits ones)")
+    p.add_argument("--quick", action="store_true", help="tiny problems, for a smoke test")
+    p.add_argument("--out", default="benchmarks/results", help="directory for the CSV and the plot")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("show", help="summarise stored runs")
     p.add_argument("files", nargs="+")

@@ -77,7 +77,7 @@ class MaxSteps:
 
 def non_finite(ev: Evaluation) -> Stop | None:
     """Fail on NaN or inf anywhere in an accepted evaluation (always checked)."""
-    if ev.is_finite():
+    if ev.finite:
         return None
     bad = [k for k, v in {"dydt": ev.dydt, **ev.aux}.items() if not bool(v.isfinite().all())]
     return Stop("failed", f"non-finite values in {', '.join(bad)} at t = {ev.t:.6g}")

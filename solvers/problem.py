@@ -9,6 +9,7 @@ full-batch forward+backward pass, so evaluations are the unit of cost and are co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Protocol
 
 import torch
@@ -23,10 +24,15 @@ class Evaluation:
     dydt: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def is_finite(self) -> bool:
-        """True when the derivative and every auxiliary value are finite."""
-        values = [self.dydt, *self.aux.values()]
-        return all(bool(torch.isfinite(v).all()) for v in values)
+    @cached_property
+    def finite(self) -> bool:
+        """True when the derivative and every auxiliary value are finite.
+
+        One reduction: a sum is finite iff every term is (short of overflowing 1e308),
+        and NaN or inf anywhere makes it non-finite; computed once per evaluation.
+        """
+        total = self.dydt.sum() + sum((v.sum() for v in self.aux.values()), self.dydt.new_zeros(()))
+        return bool(torch.isfinite(total))
 
 
 class Problem(Protocol):

@@ -1,0 +1,187 @@
+"""Work-precision benchmark of every method on the same gradient-flow problems.
+
+For each problem a reference f_ref(T) comes from a high-order method at tight tolerance;
+each method at each tolerance reports gradient evaluations (accepted + rejected), wall
+time, wall time per evaluation over the raw cost of one full-batch forward+backward, and
+
+    error = ||f(T) - f_ref(T)|| / ||f_ref(T) - f(0)||     (train outputs)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from solvers import integrate
+
+from .config import RunConfig
+from .flow import GradientFlow, build
+from .run import make_events, make_method, run, save_times
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method at one tolerance: the RunConfig fields that select it."""
+
+    label: str
+    fields: dict = field(default_factory=dict)
+    tolerance: float = float("nan")
+
+
+def default_variants(momentum: bool, quick: bool = False) -> list[Variant]:
+    """The native stepper under both controllers, and torchdiffeq's adaptive methods.
+
+    SciPy's LSODA/BDF/Radau are left out: on switching to their stiff mode they build a
+    dense N x N Jacobian by finite differences, N evaluations and N^2 memory for N network
+    parameters, which is unusable at N = 26,500 (they stay available as --solver).
+    """
+    native = "momentum" if momentum else "gradient-ratio"
+    bounds = (1e-3,) if quick else (1e-3, 1e-4, 1e-5)
+    tolerances = (1e-4,) if quick else (1e-3, 1e-4, 1e-5, 1e-6)
+    out = []
+    for r in bounds:
+        out.append(Variant(f"{native} (paper)", {"solver": native, "max_dgrad": r}, r))
+        out.append(Variant(f"{native} (ratio-target)", {"solver": native, "controller": "ratio-target", "max_dgrad": r}, r))
+    for method in ("dopri5", "bosh3") if quick else ("dopri5", "bosh3", "fehlberg2"):
+        for r in tolerances:
+            out.append(Variant(method, {"solver": method, "rtol": r, "atol": r * 1e-3}, r))
+    return out
+
+
+def raw_cost(flow: GradientFlow, repeats: int = 30) -> float:
+    """Seconds of one full-batch forward+backward of the plain nn.Module (the floor)."""
+    module, x, y, f0 = flow.model.module, flow.x_train, flow.y_train, flow.f0_train
+    alpha = flow.alpha
+
+    def once() -> None:
+        module.zero_grad(set_to_none=True)
+        loss = flow.loss_fn(alpha * (module(x) - f0), y).mean() / alpha**2
+        loss.backward()
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def reference(cfg: RunConfig, rtol: float = 1e-10) -> np.ndarray:
+    """f(T) on the train set from dopri8 at tight tolerance."""
+    ref_cfg = cfg.replace(solver="dopri8", rtol=rtol, atol=rtol * 1e-2,
+                          flow="momentum" if cfg.momentum else None, saves=1)
+    flow = build(ref_cfg)
+    sol = integrate(flow, flow.y0, (0.0, cfg.t_end), make_method(ref_cfg, flow))
+    return flow.outputs(flow.weights(sol.y), flow.x_train).cpu().numpy()
+
+
+def storage_overhead(cfg: RunConfig, repeats: int = 2) -> float:
+    """Wall time of a stored run over the same integration without any observer."""
+    flow = build(cfg)
+    bare, stored = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(repeats):
+            start = time.perf_counter()
+            integrate(flow, flow.y0, (0.0, cfg.t_end), make_method(cfg, flow), save_at=save_times(cfg),
+                      events=make_events(cfg, flow))
+            bare.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            run(cfg, Path(tmp) / f"s{k}.h5", progress=False)
+            stored.append(time.perf_counter() - start)
+    return min(stored) / min(bare)
+
+
+def solvers_benchmark(
+    problems: dict[str, RunConfig], variants: list[Variant] | None = None, quick: bool = False, progress: bool = True
+) -> pd.DataFrame:
+    """One row per (problem, method, tolerance); see the module docstring for the columns."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in problems.items():
+            flow = build(cfg)
+            raw = raw_cost(flow)
+            f0 = flow.f0_train.cpu().numpy()
+            start = time.perf_counter()
+            f_ref = reference(cfg)
+            if progress:
+                print(f"[{name}] reference in {time.perf_counter() - start:.0f} s; raw fwd+bwd {raw * 1e3:.2f} ms")
+            for v in variants or default_variants(cfg.momentum, quick):
+                fields = dict(v.fields)
+                if cfg.momentum and fields["solver"] not in ("momentum",):
+                    fields["flow"] = "momentum"
+                run_cfg = cfg.replace(**fields)
+                traj = run(run_cfg, Path(tmp) / f"{name}-{len(rows)}.h5", progress=False)
+                s = traj.summary()
+                error = np.linalg.norm(traj.outputs(-1) - f_ref) / np.linalg.norm(f_ref - f0)
+                rows.append({
+                    "problem": name, "method": v.label, "tolerance": v.tolerance, "status": s["status"],
+                    "evals": int(s["evals"]), "steps": int(s["step"]), "wall_s": s["wall"],
+                    "per_eval_over_raw": s["wall"] / s["evals"] / raw, "error": error,
+                })
+                if progress:
+                    r = rows[-1]
+                    print(f"[{name}] {v.label:28s} tol={v.tolerance:.0e} evals={r['evals']:7d} "
+                          f"error={error:.2e} overhead={r['per_eval_over_raw']:.2f}x")
+    return pd.DataFrame(rows)
+
+
+def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
+    """Evaluations vs error, log-log, one panel per problem, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(table["problem"]))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.2), squeeze=False)
+    for ax, problem in zip(axes[0], problems):
+        sub = table[table["problem"] == problem]
+        for method, g in sub.groupby("method", sort=False):
+            g = g.sort_values("evals")
+            ax.loglog(g["evals"], g["error"], "o-", label=method)
+        ax.set_title(problem)
+        ax.set_xlabel("gradient evaluations")
+        ax.set_ylabel("relative error of f(T) on train")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def problems(names: list[str] | None = None, quick: bool = False) -> dict[str, RunConfig]:
+    """The benchmark problems: digits FC (ptr 1000, L=3, h=100) at alpha 1e-2, 1, 1e2 under
+    gradient flow, alpha 1 under momentum flow, and Fashion-MNIST two-class (ptr 10000,
+    h 300; only on request and when the data is installed). ``quick`` shrinks everything
+    to a seconds-long smoke test."""
+    base = RunConfig(ptr=1000, pte=200, depth=3, width=100, t_end=1e4, saves=20)
+    if quick:
+        base = base.replace(ptr=60, pte=20, width=16, t_end=20.0, saves=4)
+        names = names or ["digits-gf-a1"]
+    table = {
+        "digits-gf-a1e-2": base.replace(alpha=1e-2),
+        "digits-gf-a1": base,
+        "digits-gf-a1e2": base.replace(alpha=1e2),
+        "digits-mom-a1": base.replace(solver="momentum", tau=1.0),
+    }
+    if names and "fashion-gf-a1" in names:
+        if not FASHION_DIR.is_dir():
+            print(f"skipping fashion-gf-a1: {FASHION_DIR} absent (apt-get install dataset-fashion-mnist)")
+        else:
+            table["fashion-gf-a1"] = base.replace(dataset="fashion-mnist", labels="halves", ptr=10000, width=300,
+                                                  t_end=1e2 if not quick else 5.0)
+    unknown = set(names or []) - set(table) - {"fashion-gf-a1"}
+    if unknown:
+        raise ValueError(f"unknown benchmark problem {sorted(unknown)[0]!r}; known: {', '.join(table)}, fashion-gf-a1")
+    return {k: v for k, v in table.items() if not names or k in names}
