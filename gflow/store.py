@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from solvers import Observer, SaveRecord, StepRecord, Stop
+from solvers import Observer, SaveRecord, StepRecord, Stop, hermite, integrate
 
 from .config import RunConfig
 from .errors import FileFormatError
@@ -26,7 +27,7 @@ FORMAT = "gflow-trajectory"
 FORMAT_VERSION = 1
 
 STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "rejected", "evals", "wall")
-SAVE_SCALARS = ("t", "step", "evals", "wall", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
+SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
 REQUIRED = (
     "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
     *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),
@@ -69,6 +70,16 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize(n + len(rows), axis=0)
     ds[n:] = rows
+
+
+@dataclass(frozen=True)
+class Point:
+    """A trajectory at time t: the ODE state and the raw outputs on train and test."""
+
+    t: float
+    state: torch.Tensor
+    f_train: np.ndarray
+    f_test: np.ndarray
 
 
 class TrajectoryWriter(Observer):
@@ -139,6 +150,7 @@ class TrajectoryWriter(Observer):
         change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
         scalars = {
             "t": ev.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
+            "dt": np.nan if record.dt is None else record.dt,
             "train_loss": float(ev.aux["loss"]), "train_err": flow.error(f_train, "train"),
             "test_loss": flow.loss(f_test, "test"), "test_err": flow.error(f_test, "test"),
             "grad_norm": float(ev.aux["grad"].norm()),
@@ -199,6 +211,7 @@ class Trajectory:
         _check(self.path)
         attrs = self.attrs
         self.config = RunConfig.from_json(attrs["config"], f"{self.path} /config")
+        self._flow: GradientFlow | None = None
 
     def _file(self) -> h5py.File:
         return h5py.File(self.path, "r")
@@ -269,6 +282,50 @@ class Trajectory:
 
         with self._file() as f:
             return pd.DataFrame({c: f[f"saves/{c}"][()] for c in SAVE_SCALARS})
+
+    @property
+    def flow(self) -> GradientFlow:
+        """The run's ODE, rebuilt from its config (data, model, loss), built once."""
+        if self._flow is None:
+            from .flow import build
+
+            self._flow = build(self.config)
+        return self._flow
+
+    def at(self, t: float, exact: bool = False) -> Point:
+        """The state and outputs at any time t within the stored run.
+
+        Default: cubic Hermite interpolation between the stored states around t and their
+        derivatives (fourth order in the save spacing, no evaluation). ``exact=True``
+        replays the integration from the nearest stored state at or before t with the
+        run's own method and step size, landing exactly on t: deterministic, the same
+        steps as the uninterrupted run.
+        """
+        times = self.save_times
+        if not times[0] <= t <= times[-1]:
+            raise ValueError(f"t = {t:g} lies outside the stored run [{times[0]:g}, {times[-1]:g}]")
+        i = int(np.searchsorted(times, t, side="right")) - 1
+        if times[i] == t:
+            state = self.state(i)
+        elif exact:
+            state = self._replay(i, t)
+        else:
+            state = hermite(t, float(times[i]), self.state(i), self.derivative(i),
+                            float(times[i + 1]), self.state(i + 1), self.derivative(i + 1))
+        flow = self.flow
+        w = flow.weights(state.to(flow.w0))
+        return Point(t, state, flow.outputs(w, flow.x_train).cpu().numpy(), flow.outputs(w, flow.x_test).cpu().numpy())
+
+    def _replay(self, i: int, t: float) -> torch.Tensor:
+        from .run import make_method
+
+        dt = float(self.read("saves/dt")[i])
+        flow = self.flow
+        start = self.state(i).to(flow.w0)
+        method = make_method(self.config, flow)
+        sol = integrate(flow, start, (float(self.save_times[i]), t), method, save_at=[t],
+                        dt=None if np.isnan(dt) else dt)
+        return sol.y
 
     def summary(self) -> dict[str, Any]:
         """Status, counts and final metrics, read from attributes only (cheap)."""

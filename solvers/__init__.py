@@ -8,6 +8,7 @@ method is a stepper under a controller (:class:`Adaptive`) or a torchdiffeq solv
 """
 
 from .adaptive import Adaptive
+from .dense import hermite
 from .controllers import Controller, Decision, FixedStep, GradientRatio, RatioTarget
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
 from .integrate import Counters, Solution, integrate
@@ -45,5 +46,6 @@ __all__ = [
     "Stop",
     "TorchDiffEq",
     "WallClock",
+    "hermite",
     "integrate",
 ]
