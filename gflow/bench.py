@@ -43,12 +43,12 @@ def default_variants(momentum: bool, quick: bool = False) -> list[Variant]:
     """
     native = "momentum" if momentum else "gradient-ratio"
     bounds = (1e-3,) if quick else (1e-3, 1e-4, 1e-5)
-    tolerances = (1e-4,) if quick else (1e-3, 1e-4, 1e-5, 1e-6)
+    tolerances = (1e-4,) if quick else (1e-3, 1e-4, 1e-5)
     out = []
     for r in bounds:
         out.append(Variant(f"{native} (paper)", {"solver": native, "max_dgrad": r}, r))
         out.append(Variant(f"{native} (ratio-target)", {"solver": native, "controller": "ratio-target", "max_dgrad": r}, r))
-    for method in ("dopri5", "bosh3") if quick else ("dopri5", "bosh3", "fehlberg2"):
+    for method in ("dopri5", "bosh3"):
         for r in tolerances:
             out.append(Variant(method, {"solver": method, "rtol": r, "atol": r * 1e-3}, r))
     return out
@@ -74,7 +74,7 @@ def raw_cost(flow: GradientFlow, repeats: int = 30) -> float:
     return float(np.median(times))
 
 
-def reference(cfg: RunConfig, rtol: float = 1e-10) -> np.ndarray:
+def reference(cfg: RunConfig, rtol: float = 1e-9) -> np.ndarray:
     """f(T) on the train set from dopri8 at tight tolerance."""
     ref_cfg = cfg.replace(solver="dopri8", rtol=rtol, atol=rtol * 1e-2,
                           flow="momentum" if cfg.momentum else None, saves=1)
@@ -83,8 +83,9 @@ def reference(cfg: RunConfig, rtol: float = 1e-10) -> np.ndarray:
     return flow.outputs(flow.weights(sol.y), flow.x_train).cpu().numpy()
 
 
-def storage_overhead(cfg: RunConfig, repeats: int = 2) -> float:
-    """Wall time of a stored run over the same integration without any observer."""
+def overhead(cfg: RunConfig, repeats: int = 2) -> dict[str, float]:
+    """Per-evaluation cost of a stored run over one raw forward+backward, and the wall
+    time of the stored run over the same integration without any observer (storage)."""
     flow = build(cfg)
     bare, stored = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +95,12 @@ def storage_overhead(cfg: RunConfig, repeats: int = 2) -> float:
                       events=make_events(cfg, flow))
             bare.append(time.perf_counter() - start)
             start = time.perf_counter()
-            run(cfg, Path(tmp) / f"s{k}.h5", progress=False)
+            traj = run(cfg, Path(tmp) / f"s{k}.h5", progress=False)
             stored.append(time.perf_counter() - start)
-    return min(stored) / min(bare)
+        evals = traj.summary()["evals"]
+    raw = raw_cost(flow, repeats=100)
+    return {"evals": evals, "raw_ms": raw * 1e3, "per_eval_over_raw": min(stored) / evals / raw,
+            "bare_per_eval_over_raw": min(bare) / evals / raw, "stored_over_bare": min(stored) / min(bare)}
 
 
 def solvers_benchmark(
@@ -118,6 +122,7 @@ def solvers_benchmark(
                 if cfg.momentum and fields["solver"] not in ("momentum",):
                     fields["flow"] = "momentum"
                 run_cfg = cfg.replace(**fields)
+                raw = raw_cost(flow, repeats=15)  # measured next to each run: load drifts
                 traj = run(run_cfg, Path(tmp) / f"{name}-{len(rows)}.h5", progress=False)
                 s = traj.summary()
                 error = np.linalg.norm(traj.outputs(-1) - f_ref) / np.linalg.norm(f_ref - f0)

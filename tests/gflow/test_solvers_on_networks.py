@@ -1,0 +1,91 @@
+"""Every method on the network problem: convergence to a reference, dense output, the benchmark."""
+
+import numpy as np
+import pytest
+import torch
+
+import gflow
+from gflow import RunConfig
+from gflow.bench import reference
+from gflow.cli import main
+
+TINY = RunConfig(ptr=30, pte=10, width=10, depth=2, t_end=5.0, saves=4, save_t_min=0.5)
+
+
+def _error(cfg, f_ref, tmp_path, name):
+    traj = gflow.run(cfg, tmp_path / f"{name}.h5", progress=False)
+    assert traj.status == "finished", traj.stop_reason
+    f0 = traj.read("init/f0_train")
+    return np.linalg.norm(traj.outputs(-1) - f_ref) / np.linalg.norm(f_ref - f0)
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("name", ["dopri5", "bosh3", "fehlberg2"])
+def test_adaptive_methods_converge_to_the_reference_as_rtol_tightens(tmp_path, name, momentum):
+    cfg = TINY.replace(solver=name, flow="momentum" if momentum else None)
+    f_ref = reference(cfg, rtol=1e-10)
+    errors = [_error(cfg.replace(rtol=r, atol=r * 1e-3), f_ref, tmp_path, f"{name}{r}") for r in (1e-3, 1e-6, 1e-9)]
+    # Loose tolerances are not proportional for adaptive RK; across 3 decades they are.
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-6, errors
+
+
+@pytest.mark.parametrize("name", ["rk4", "midpoint"])
+def test_fixed_step_methods_converge_as_dt_shrinks(tmp_path, name):
+    f_ref = reference(TINY, rtol=1e-10)
+    errors = [_error(TINY.replace(solver=name, dt=dt), f_ref, tmp_path, f"{name}{dt}") for dt in (0.2, 0.1)]
+    assert errors[1] < errors[0] / 3, errors
+
+
+@pytest.mark.parametrize("solver", ["gradient-ratio", "momentum"])
+def test_native_steppers_converge_as_max_dgrad_tightens(tmp_path, solver):
+    cfg = TINY.replace(solver=solver)
+    f_ref = reference(cfg, rtol=1e-10)
+    errors = [_error(cfg.replace(max_dgrad=r), f_ref, tmp_path, f"{solver}{r}") for r in (1e-3, 1e-4, 1e-5)]
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_inconsistent_flow_and_fixed_step_without_dt_are_config_errors():
+    with pytest.raises(gflow.ConfigError, match="flow"):
+        RunConfig(solver="momentum", flow="gradient")
+    with pytest.raises(gflow.ConfigError, match="dt = None: solver rk4 takes fixed steps"):
+        RunConfig(solver="rk4")
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    cfg = TINY.replace(solver="dopri5", rtol=1e-10, atol=1e-12, saves=40)
+    return gflow.run(cfg, tmp_path_factory.mktemp("dense") / "d.h5", progress=False)
+
+
+def test_exact_replay_lands_on_the_uninterrupted_runs_saved_states(dense_run):
+    # Replaying from save i up to save i+1 reproduces the stored state at i+1.
+    for i in (3, 20):
+        point = dense_run.at(float(dense_run.save_times[i + 1]) * (1 - 1e-15), exact=True)
+        assert torch.allclose(point.state, dense_run.state(i + 1), rtol=1e-7, atol=1e-10)
+    t = float(dense_run.save_times[10])
+    assert torch.equal(dense_run.at(t).state, dense_run.state(10))
+
+
+def test_hermite_dense_output_is_fourth_order_in_save_spacing(tmp_path):
+    # Runs saved at 3, 5, 9 log-spaced times: Hermite at the midpoint of the second
+    # interval, against the exact replay; the observed order in the interval length h.
+    cfg = TINY.replace(solver="dopri8", rtol=1e-12, atol=1e-14, save_t_min=1.0, t_end=3.0)
+    errors, widths = [], []
+    for n in (2, 4, 8):
+        traj = gflow.run(cfg.replace(saves=n + 1), tmp_path / f"h{n}.h5", progress=False)
+        t1, t2 = float(traj.save_times[1]), float(traj.save_times[2])
+        errors.append(float((traj.at(0.5 * (t1 + t2)).state - traj.at(0.5 * (t1 + t2), exact=True).state).norm()))
+        widths.append(t2 - t1)
+    orders = [np.log(errors[k] / errors[k + 1]) / np.log(widths[k] / widths[k + 1]) for k in range(2)]
+    assert all(3.5 < p < 4.6 for p in orders), (errors, widths, orders)
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
+    assert main(["bench", "solvers", "--quick", "--out", str(tmp_path)]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "solvers.csv")
+    assert {"method", "tolerance", "evals", "wall_s", "per_eval_over_raw", "error"} <= set(table.columns)
+    assert (table["status"] == "finished").all() and (table["error"] < 0.1).all()
+    assert (tmp_path / "work_precision.png").stat().st_size > 10_000
+    assert "dopri5" in capsys.readouterr().out
