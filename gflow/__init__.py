@@ -9,8 +9,12 @@
 from .config import RunConfig
 from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
+from .kernels import ntk
 from .run import run
 from .store import Trajectory
 from .store import open_trajectory as open
 
-__all__ = ["ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Trajectory", "build", "open", "run"]
+__all__ = [
+    "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Trajectory", "build", "ntk", "open",
+    "run",
+]

@@ -105,6 +105,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_t1(args: argparse.Namespace) -> int:
+    from .timescales import t1_table
+
+    table = t1_table(args.files, eps=args.eps)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gflow", description="Neural-network training as an ODE, integrated accurately.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -122,6 +130,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny problems, for a smoke test")
     p.add_argument("--out", default="benchmarks/results", help="directory for the CSV and the plot")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("t1", help="time scale t1 at which each run leaves the tangent space")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
+    p.set_defaults(func=_cmd_t1)
 
     p = sub.add_parser("show", help="summarise stored runs")
     p.add_argument("files", nargs="+")

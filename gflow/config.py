@@ -56,6 +56,7 @@ class RunConfig:
     parametrization: str = "ntk"
     kappa: float = 1.0
     seed: int = 0
+    linearized: bool = False
     # loss
     alpha: float = 1.0
     loss: str = "softhinge"
@@ -79,6 +80,10 @@ class RunConfig:
     stop_margin: float | None = None
     max_wall: float | None = None
     max_steps: int | None = None
+    # kernel snapshots (kernel_n = 0: none during the run; they can be computed afterwards)
+    kernel_n: int = 0
+    kernel_every: int = 10
+    kernel_memory_mb: int = 2048
     # compute
     chunk: int | None = None
     device: str = "cpu"
@@ -258,6 +263,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_wall": _positive,
     "max_steps": _at_least(1),
     "chunk": _at_least(1),
+    "kernel_n": _at_least(0),
+    "kernel_every": _at_least(1),
+    "kernel_memory_mb": _at_least(1),
     "device": _one_of(DEVICES),
     "dtype": _one_of(DTYPES),
 }

@@ -15,7 +15,7 @@ from solvers import Evaluation
 from .config import RunConfig
 from .data import Dataset, load
 from .losses import classification_error, get_loss
-from .models import FlatModel, build_model
+from .models import FlatModel, Linearized, build_model
 
 
 class GradientFlow:
@@ -23,10 +23,11 @@ class GradientFlow:
 
     Attributes a user can rely on: ``y0`` (flat initial state), ``vector_field(t, y)``,
     ``model(w, x)`` (raw outputs f), ``x_train, y_train, x_test, y_test``, ``w0``,
-    ``f0_train, f0_test``, ``n_params``, ``momentum``.
+    ``f0_train, f0_test``, ``n_params``, ``momentum``. With ``cfg.linearized`` the model is
+    the network's linearisation at w0 (same data, loss and initialisation).
     """
 
-    def __init__(self, cfg: RunConfig, model: FlatModel, data: Dataset) -> None:
+    def __init__(self, cfg: RunConfig, model: FlatModel | Linearized, data: Dataset) -> None:
         self.cfg = cfg
         self.model = model
         self.data = data
@@ -115,4 +116,6 @@ def build(cfg: RunConfig) -> GradientFlow:
         data.x_train.shape[1], cfg.arch, cfg.depth, cfg.width, cfg.act, cfg.parametrization, cfg.kappa,
         cfg.seed, dtype, device,
     )
+    if cfg.linearized:
+        model = Linearized(model, model.w0)
     return GradientFlow(cfg, model, data)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, jvp
 
 _RAW_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": nn.functional.softplus,
@@ -121,3 +121,25 @@ def build_model(
     module = FullyConnected(d, width, depth, act, parametrization, kappa).to(dtype)
     module.reset_parameters(torch.Generator().manual_seed(seed))
     return FlatModel(module.to(device))
+
+
+class Linearized:
+    """The model linearised at w0 (its tangent space; seeds 001, 002):
+
+        f_lin(w, x) = f(w0, x) + J0(x) (w - w0),     J0 = d f(w0, x) / dw,
+
+    evaluated with one forward-mode product (``torch.func.jvp``) per call, so J0 is never
+    formed. Its gradient flow is the kernel gradient flow of the outputs under Theta(w0):
+    the lazy limit alpha -> infinity of Chizat, Oyallon, Bach (seed 002).
+    """
+
+    def __init__(self, model: FlatModel, w0: torch.Tensor) -> None:
+        self.model = model
+        self.w0 = w0.detach()
+        self.module = model.module
+        self.layers = model.layers
+        self.n_params = model.n_params
+
+    def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        f0, df = jvp(lambda p: self.model(p, x), (self.w0,), (w - self.w0,))
+        return f0 + df

@@ -22,6 +22,8 @@ from solvers import Observer, SaveRecord, StepRecord, Stop, hermite, integrate
 from .config import RunConfig
 from .errors import FileFormatError
 from .flow import GradientFlow
+from .geometry import Curvature, curvature, first_crossing, linearization_gap
+from .kernels import ntk, relative_change
 
 FORMAT = "gflow-trajectory"
 FORMAT_VERSION = 1
@@ -123,9 +125,31 @@ class TrajectoryWriter(Observer):
             _table(saves, "dstate", len(flow.y0))
         self._rows: list[tuple[float, ...]] = []
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+        self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
+        if flow.cfg.kernel_n > 0:
+            self._theta0 = self._kernel(flow.w0)
+            init["theta"] = self._theta0.cpu().numpy()
+            kernel = f.create_group("kernel")
+            kernel.attrs["n"] = len(self._kernel_x)
+            _table(kernel, "t")
+            _table(kernel, "change")
+            _table(kernel, "norm")
+            kernel.create_dataset("theta", shape=(0, len(self._kernel_x), len(self._kernel_x)), dtype="f8",
+                                  maxshape=(None, len(self._kernel_x), len(self._kernel_x)))
         # Handles looked up once: h5py's name lookup costs more than a small append.
         self._steps = {c: steps[c] for c in STEP_COLUMNS}
         self._saves = {name: saves[name] for name in saves}
+
+    def _kernel(self, w: torch.Tensor) -> torch.Tensor:
+        return ntk(self.flow.model, w, self._kernel_x, max_memory=self.flow.cfg.kernel_memory_mb * 2**20)
+
+    def _snapshot_kernel(self, t: float, w: torch.Tensor) -> None:
+        theta = self._kernel(w)
+        k = self.file["kernel"]
+        _append(k["t"], np.array([t]))
+        _append(k["change"], np.array([relative_change(theta, self._theta0)]))
+        _append(k["norm"], np.array([float(theta.norm())]))
+        _append(k["theta"], theta.cpu().numpy()[None])
 
     def on_step(self, record: StepRecord) -> None:
         ev = record.ev
@@ -164,6 +188,8 @@ class TrajectoryWriter(Observer):
         if self.keep_state:
             _append(saves["state"], ev.y.detach().cpu().numpy()[None])
             _append(saves["dstate"], ev.dydt.detach().cpu().numpy()[None])
+        if self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0:
+            self._snapshot_kernel(ev.t, w)
         self._flush_steps()
         self.file.attrs["summary"] = json.dumps({**scalars, "updated": _now()})
         self.file.flush()
@@ -326,6 +352,55 @@ class Trajectory:
         sol = integrate(flow, start, (float(self.save_times[i]), t), method, save_at=[t],
                         dt=None if np.isnan(dt) else dt)
         return sol.y
+
+    def weights(self, i: int) -> torch.Tensor:
+        """The network parameters w at the i-th save (the first half of a momentum state)."""
+        flow = self.flow
+        return flow.weights(self.state(i).to(flow.w0))
+
+    def kernel(self, i: int, n: int = 100) -> torch.Tensor:
+        """Theta(w(t_i)) on the first n train points, computed from the stored state."""
+        flow = self.flow
+        return ntk(flow.model, self.weights(i), flow.x_train[:n], max_memory=self.config.kernel_memory_mb * 2**20)
+
+    def kernel_change(self, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F): from the snapshots taken during
+        the run when there are any, else computed now at every save on the first n train points."""
+        with self._file() as f:
+            if "kernel" in f:
+                return f["kernel/t"][()], f["kernel/change"][()]
+        theta0 = self.kernel(0, n)
+        return self.save_times, np.array([relative_change(self.kernel(i, n), theta0) for i in range(len(self))])
+
+    def linearization_gap(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||f(w(t)) - f0 - J0 (w(t) - w0)|| / ||f(w(t)) - f0||) on the train set."""
+        flow = self.flow
+        gaps = [linearization_gap(flow.model, flow.w0, self.weights(i), flow.x_train) for i in range(len(self))]
+        return self.save_times, np.array(gaps)
+
+    def curvature(self, i: int = 0) -> Curvature:
+        """Curvature of the network manifold along the direction of motion u = dw/dt at the
+        i-th save, on the train set: radius R = ||J u||^2 / ||u^T d2f u||, exit time R / ||J u||."""
+        flow = self.flow
+        u = flow.weights(self.derivative(i).to(flow.w0))
+        if float(u.norm()) == 0.0 and flow.momentum:  # momentum starts at rest: use the force
+            u = -flow.loss_and_grad(self.weights(i))[1]
+        return curvature(flow.model, self.weights(i), u, flow.x_train)
+
+    def t1(self, method: str = "linearization", eps: float = 0.1) -> float:
+        """The time training leaves the tangent space; inf when the run ends first (lazy).
+
+        linearization: first t with linearization gap > eps;  kernel: first t with
+        ||Theta(t) - Theta(0)|| / ||Theta(0)|| > eps;  curvature: the prediction
+        R / ||J u|| at t = 0 (eps unused).
+        """
+        if method == "curvature":
+            return self.curvature(0).exit_time
+        if method == "linearization":
+            return first_crossing(*self.linearization_gap(), eps)
+        if method == "kernel":
+            return first_crossing(*self.kernel_change(), eps)
+        raise ValueError(f"method = {method!r}: must be linearization, kernel or curvature")
 
     def summary(self) -> dict[str, Any]:
         """Status, counts and final metrics, read from attributes only (cheap)."""

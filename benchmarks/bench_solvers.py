@@ -1,6 +1,6 @@
 """Work-precision benchmark of every solver (issue: every solver on the same problem).
 
-    python benchmarks/solvers.py [--problems digits-gf-a1 ...] [--quick]
+    python benchmarks/bench_solvers.py [--problems digits-gf-a1 ...] [--quick]
 
 Same as `gflow bench solvers`: prints the table, writes benchmarks/results/solvers.csv,
 work_precision.png and storage_overhead.txt.

@@ -1,6 +1,6 @@
 """Cost of one gradient evaluation inside a stored run, over one raw forward+backward.
 
-    python benchmarks/overhead.py [--quick]
+    python benchmarks/bench_overhead.py [--quick]
 
 Same as `gflow bench overhead`: runs the default `gflow run` (digits, FC L=3 h=100, the
 paper's stepper, t_end 1e4, 100 saves) with and without storage, and prints the ratios.

@@ -1,0 +1,81 @@
+"""Geometry of the network manifold along a trajectory (seeds 001, 002).
+
+With J = df/dw at w and u a direction of motion in parameter space (u = dw/dt):
+
+    velocity in function space       v = J u = d/ds f(w + s u) |_{s=0}
+    acceleration                     a = u^T (d^2 f) u = d^2/ds^2 f(w + s u) |_{s=0}
+    radius of curvature              R = ||v||^2 / ||a||
+    exit time from the tangent space t1 ~ R / ||v||          (seed 001: "t1 ~ R / v")
+
+Both derivatives are forward-mode products (``torch.func.jvp``, and jvp of jvp), so no
+Jacobian or Hessian is ever formed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.func import jvp
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """speed = ||J u||, acceleration = ||u^T d2f u||, radius R, exit_time = R / speed."""
+
+    speed: float
+    acceleration: float
+
+    @property
+    def radius(self) -> float:
+        return self.speed**2 / self.acceleration if self.acceleration > 0 else math.inf
+
+    @property
+    def exit_time(self) -> float:
+        return self.radius / self.speed if self.speed > 0 else math.inf
+
+
+def directional_derivatives(model: Model, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d/ds f(w + s u, x), d^2/ds^2 f(w + s u, x)) at s = 0, for every input in x."""
+
+    def first(p: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda q: model(q, x), (p,), (u,))[1]
+
+    velocity, acceleration = jvp(first, (w.detach(),), (u.detach(),))
+    return velocity, acceleration
+
+
+def curvature(model: Model, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> Curvature:
+    """Curvature of the path s -> f(w + s u, x) in function space (outputs on x)."""
+    v, a = directional_derivatives(model, w, u, x)
+    return Curvature(float(v.norm()), float(a.norm()))
+
+
+def linearization_gap(model: Model, w0: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> float:
+    """||f(w) - f_lin(w)|| / ||f(w) - f(w0)|| with f_lin(w) = f(w0) + J0 (w - w0): how far the
+    network has left its tangent space at w0 (0 for a linear model; 0/0 = 0 at w = w0)."""
+    with torch.no_grad():
+        f0, df = jvp(lambda q: model(q, x), (w0.detach(),), (w.detach() - w0.detach(),))
+        f = model(w.detach(), x)
+    moved = float((f - f0).norm())
+    return float((f - f0 - df).norm()) / moved if moved > 0 else 0.0
+
+
+def first_crossing(times: "np.ndarray", values: "np.ndarray", eps: float) -> float:  # noqa: F821
+    """The first time ``values`` exceeds ``eps``, interpolated linearly in log t between the
+    two saves that bracket the crossing; inf when it never does (the run ended first)."""
+    import numpy as np
+
+    above = np.flatnonzero(np.asarray(values) > eps)
+    if len(above) == 0:
+        return math.inf
+    k = int(above[0])
+    if k == 0 or times[k - 1] <= 0:
+        return float(times[k])
+    t0, t1, v0, v1 = times[k - 1], times[k], values[k - 1], values[k]
+    frac = (eps - v0) / (v1 - v0)
+    return float(np.exp(np.log(t0) + frac * (np.log(t1) - np.log(t0))))

@@ -1,0 +1,95 @@
+"""t1 across runs, and the scaling fits of seeds 000/001 (t1 ~ sqrt(h) alpha) and seed 002
+(distance to the linearised dynamics ~ 1/alpha)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .store import open_trajectory
+
+
+def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
+    """One row per run: file, alpha, width, and t1 by each estimator (inf: not reached)."""
+    rows = []
+    for path in paths:
+        traj = open_trajectory(path)
+        cfg = traj.config
+        rows.append({
+            "file": str(path), "alpha": cfg.alpha, "width": cfg.width, "t_end": float(traj.save_times[-1]),
+            "t1_linearization": traj.t1("linearization", eps), "t1_kernel": traj.t1("kernel", eps),
+            "t1_curvature": traj.t1("curvature"),
+        })
+    return pd.DataFrame(rows)
+
+
+def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares fit log y = a + b log x: returns (b, exp(a))."""
+    b, a = np.polyfit(np.log(x), np.log(y), 1)
+    return float(b), float(np.exp(a))
+
+
+def fit_t1(table: pd.DataFrame, column: str = "t1_linearization") -> dict[str, float]:
+    """Fit log t1 = c + a log alpha + b log h over the finite t1 of a table: a, b."""
+    finite = table[np.isfinite(table[column])]
+    design = np.column_stack([np.ones(len(finite)), np.log(finite["alpha"]), np.log(finite["width"])])
+    coef, *_ = np.linalg.lstsq(design, np.log(finite[column].to_numpy()), rcond=None)
+    return {"alpha_exponent": float(coef[1]), "width_exponent": float(coef[2]), "runs": len(finite)}
+
+
+def output_distance(a: str | Path, b: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(times, ||f_a(t) - f_b(t)|| / ||f_b(t) - f0||) on train at the save times two runs share,
+    e.g. a network and its linearisation (``linearized = true``)."""
+    ta, tb = open_trajectory(a), open_trajectory(b)
+    times, ia, ib = np.intersect1d(ta.save_times, tb.save_times, return_indices=True)
+    fa, fb = ta.read("saves/f_train")[ia], tb.read("saves/f_train")[ib]
+    f0 = tb.read("init/f0_train")
+    moved = np.linalg.norm(fb - f0, axis=1)
+    return times, np.linalg.norm(fa - fb, axis=1) / np.where(moved > 0, moved, np.inf)
+
+
+def t1_scaling(
+    base: "RunConfig", widths: Sequence[int], alphas: Sequence[float], directory: str | Path, eps: float = 0.1  # noqa: F821
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Runs over widths x alphas (feature regime) and the fit of t1 ~ alpha^a h^b (seed 000,
+    finding (iv): a = 1, b = 1/2), with the final kernel change of each run."""
+    from .run import run
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for h in widths:
+        for a in alphas:
+            path = directory / f"t1-h{h}-a{a:g}.h5"
+            if not path.exists():
+                run(base.replace(width=h, alpha=a), path, progress=False)
+            paths.append(path)
+    table = t1_table(paths, eps)
+    table["sqrt_h_alpha"] = np.sqrt(table["width"]) * table["alpha"]
+    table["kernel_change_end"] = [open_trajectory(p).kernel_change()[1][-1] for p in paths]
+    return table, fit_t1(table)
+
+
+def lazy_distance_scaling(
+    base: "RunConfig", alphas: Sequence[float], directory: str | Path  # noqa: F821
+) -> tuple[pd.DataFrame, float]:
+    """Network vs its linearisation from the same initialisation, at t = base.t_end, for each
+    alpha; the fitted exponent of the distance in alpha (seed 002: -1)."""
+    from .run import run
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for a in alphas:
+        net, lin = directory / f"net-a{a:g}.h5", directory / f"lin-a{a:g}.h5"
+        for path, linearized in ((net, False), (lin, True)):
+            if not path.exists():
+                run(base.replace(alpha=a, linearized=linearized), path, progress=False)
+        _, distance = output_distance(net, lin)
+        rows.append({"alpha": a, "distance_at_T": float(distance[-1])})
+    table = pd.DataFrame(rows)
+    exponent, _ = power_law(table["alpha"].to_numpy(), table["distance_at_T"].to_numpy())
+    return table, exponent
