@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from dataclasses import fields
@@ -40,10 +41,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .run import run
+    from .run import resume, run
 
-    cfg = config_from_args(args)
-    traj = run(cfg, args.out, overwrite=args.overwrite, progress=None)
+    if args.resume:
+        traj = resume(args.resume, progress=None)
+    else:
+        traj = run(config_from_args(args), args.out, overwrite=args.overwrite, progress=None)
     print(format_summary(traj))
     return 0 if traj.status == "finished" else 1
 
@@ -121,6 +124,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file of RunConfig fields")
     p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE (other flags ignored)")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)
 
@@ -149,9 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GflowError as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gflow: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signame", "SIGINT")
+        target = getattr(args, "resume", None) or getattr(args, "out", None)
+        where = f"; {target} holds every save so far (status stopped): gflow run --resume {target}" if target else ""
+        print(f"gflow: stopped by {name}{where}", file=sys.stderr)
+        return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
 
 
 if __name__ == "__main__":

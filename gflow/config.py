@@ -92,8 +92,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "classes" and value is not None:
-                object.__setattr__(self, "classes", tuple(value))
+            if f.name == "classes" and isinstance(value, list):
+                object.__setattr__(self, "classes", value := tuple(value))
             _check_type(f.name, value, _TYPES[f.name])
         for name, check in _CHECKS.items():
             value = getattr(self, name)
@@ -187,7 +187,7 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> None:
             raise ConfigError(name, value, f"must be {_type_name(base)}")
         return
     if base is tuple:
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        if not isinstance(value, tuple) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
             raise ConfigError(name, value, "must be a list of class labels (integers)")
         return
     if base is float and isinstance(value, int) and not isinstance(value, bool):

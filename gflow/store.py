@@ -6,12 +6,16 @@ another format or a newer version with one clear error naming the file.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import contextlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -20,18 +24,19 @@ import torch
 from solvers import Observer, SaveRecord, StepRecord, Stop, hermite, integrate
 
 from .config import RunConfig
-from .errors import FileFormatError
+from .errors import FileFormatError, GflowError
 from .flow import GradientFlow
 from .geometry import Curvature, curvature, first_crossing, linearization_gap
 from .kernels import ntk, relative_change
 
 FORMAT = "gflow-trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+REASON_BYTES = 512
 
 STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "rejected", "evals", "wall")
 SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
 REQUIRED = (
-    "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
+    "run/status", "run/stop_reason", "run/next_dt", "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
     *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),
     "saves/f_train", "saves/f_test", "saves/weight_change",
 )
@@ -85,21 +90,63 @@ class Point:
 
 
 class TrajectoryWriter(Observer):
-    """Streams a run into ``path``: step rows are buffered and written, with the save row,
-    at every save, and the file is flushed then, so a killed run leaves every earlier save
-    readable. ``finish(stop)`` records the final status and the step size to resume with."""
+    """Streams a run into ``path`` in HDF5 SWMR mode, so other processes can read it while
+    it grows and a killed run leaves a valid file.
 
-    def __init__(self, path: str | Path, flow: GradientFlow, keep_state: bool = True) -> None:
+    Step rows are buffered and written, with the save row, at every save; ``saves/t`` is
+    extended last, after a flush, and marks the save complete. Readers count only complete
+    saves. The writer holds an exclusive lock (``<path>.lock``) for its
+    lifetime, so no second process can write or resume the same run. ``finish(stop)``
+    records the final status and the step size to resume with.
+    """
+
+    def __init__(self, path: str | Path, flow: GradientFlow, keep_state: bool = True, resume: bool = False,
+                 overwrite: bool = False) -> None:
         self.flow = flow
-        self.keep_state = keep_state
         self.path = Path(path)
-        self.file = h5py.File(self.path, "w", libver="latest")
+        self._rows: list[tuple[float, ...]] = []
+        self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+        self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
+        self._lock = RunLock(self.path)
+        try:
+            if resume:
+                with _open(self.path) as f:  # again under the lock: another process may have just finished it
+                    status = f["run/status"][()].decode()
+                if status not in ("running", "stopped"):
+                    raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
+                _rewrite_complete_saves(self.path, flow.cfg.to_json())
+                self.file = h5py.File(self.path, "r+", libver="latest")
+                if flow.cfg.kernel_n > 0:
+                    self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
+            else:
+                if overwrite:
+                    self.path.unlink(missing_ok=True)
+                try:  # "w-" fails if the file exists: two processes racing for one output cannot both win
+                    self.file = h5py.File(self.path, "w-", libver="latest")
+                except FileExistsError:
+                    raise GflowError(f"output {self.path} exists; pass --overwrite (overwrite=True) to replace it") from None
+                self._create(flow, keep_state)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.keep_state = "state" in self.file["saves"]
+        self._set_status("running", "")
+        self.file.swmr_mode = True
+        # Handles looked up once: h5py's name lookup costs more than a small append.
+        self._steps = {c: self.file["steps"][c] for c in STEP_COLUMNS}
+        self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
+
+    def _create(self, flow: GradientFlow, keep_state: bool) -> None:
         f = self.file
         f.attrs.update({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", "stop_reason": "",
-            "config": flow.cfg.to_json(), "versions": _versions(), "device": str(flow.w0.device),
-            "created": _now(), "updated": _now(), "n_params": flow.n_params,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": flow.cfg.to_json(),
+            "versions": _versions(), "device": str(flow.w0.device), "created": _now(), "n_params": flow.n_params,
         })
+        # Mutable fields are fixed-size datasets, not attributes: SWMR allows rewriting data only.
+        run = f.create_group("run")
+        run.create_dataset("status", shape=(), dtype="S16")
+        run.create_dataset("stop_reason", shape=(), dtype=f"S{REASON_BYTES}")
+        run.create_dataset("next_dt", data=np.nan)
         init = f.create_group("init")
         init["w0"] = flow.w0.cpu().numpy()
         init["f0_train"] = flow.f0_train.cpu().numpy()
@@ -123,9 +170,6 @@ class TrajectoryWriter(Observer):
         if keep_state:
             _table(saves, "state", len(flow.y0))
             _table(saves, "dstate", len(flow.y0))
-        self._rows: list[tuple[float, ...]] = []
-        self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
-        self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
         if flow.cfg.kernel_n > 0:
             self._theta0 = self._kernel(flow.w0)
             init["theta"] = self._theta0.cpu().numpy()
@@ -134,19 +178,22 @@ class TrajectoryWriter(Observer):
             _table(kernel, "t")
             _table(kernel, "change")
             _table(kernel, "norm")
-            kernel.create_dataset("theta", shape=(0, len(self._kernel_x), len(self._kernel_x)), dtype="f8",
-                                  maxshape=(None, len(self._kernel_x), len(self._kernel_x)))
-        # Handles looked up once: h5py's name lookup costs more than a small append.
-        self._steps = {c: steps[c] for c in STEP_COLUMNS}
-        self._saves = {name: saves[name] for name in saves}
+            n = len(self._kernel_x)
+            kernel.create_dataset("theta", shape=(0, n, n), dtype="f8", maxshape=(None, n, n))
+
+    def _set_status(self, status: str, reason: str, next_dt: float = np.nan) -> None:
+        run = self.file["run"]
+        run["status"][()] = status.encode()
+        run["stop_reason"][()] = reason.encode()[:REASON_BYTES]
+        run["next_dt"][()] = next_dt
 
     def _kernel(self, w: torch.Tensor) -> torch.Tensor:
         return ntk(self.flow.model, w, self._kernel_x, max_memory=self.flow.cfg.kernel_memory_mb * 2**20)
 
-    def _snapshot_kernel(self, t: float, w: torch.Tensor) -> None:
+    def _snapshot_kernel(self, w: torch.Tensor) -> None:
+        """Append Theta(w) and its change; the caller appends ``kernel/t`` to commit it."""
         theta = self._kernel(w)
         k = self.file["kernel"]
-        _append(k["t"], np.array([t]))
         _append(k["change"], np.array([relative_change(theta, self._theta0)]))
         _append(k["norm"], np.array([float(theta.norm())]))
         _append(k["theta"], theta.cpu().numpy()[None])
@@ -180,104 +227,213 @@ class TrajectoryWriter(Observer):
             "grad_norm": float(ev.aux["grad"].norm()),
         }
         saves = self._saves
-        for c, v in scalars.items():
-            _append(saves[c], np.array([v], dtype=np.float64))
         _append(saves["f_train"], f_train.cpu().numpy()[None])
         _append(saves["f_test"], f_test.cpu().numpy()[None])
         _append(saves["weight_change"], np.array([change]))
         if self.keep_state:
             _append(saves["state"], ev.y.detach().cpu().numpy()[None])
             _append(saves["dstate"], ev.dydt.detach().cpu().numpy()[None])
-        if self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0:
-            self._snapshot_kernel(ev.t, w)
+        snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
+        if snapshot:
+            self._snapshot_kernel(w)
         self._flush_steps()
-        self.file.attrs["summary"] = json.dumps({**scalars, "updated": _now()})
+        for c, v in scalars.items():
+            if c != "t":
+                _append(saves[c], np.array([v], dtype=np.float64))
+        # Commit in two flushes: HDF5 may write dirty metadata in any order, so the markers
+        # (saves/t, kernel/t) are extended only once every other row of this save is on disk.
+        self.file.flush()
+        if snapshot:
+            _append(self.file["kernel/t"], np.array([ev.t]))
+        _append(saves["t"], np.array([ev.t]))
         self.file.flush()
 
     def finish(self, stop: Stop, dt: float | None) -> None:
-        """Record how the run ended and close the file."""
-        self._flush_steps()
-        self.file.attrs.update({"status": stop.status, "stop_reason": stop.reason, "updated": _now(),
-                                "next_dt": np.nan if dt is None else dt})
-        self.file.close()
+        """Record how the run ended, close the file and release the lock (idempotent)."""
+        if self.file:
+            self._flush_steps()
+            self._set_status(stop.status, stop.reason, np.nan if dt is None else dt)
+            self.file.close()
+        self._lock.release()
+
+
+class RunLock:
+    """An exclusive advisory lock on ``<path>.lock`` (flock), held while a process writes
+    the run; the operating system releases it when the process dies, so a killed run is
+    resumable at once and a live one is never written twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise GflowError(f"{path} is being written by another live process (lock {self.path})") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the empty lock file stays, harmless
+            self._fd = None
+
+
+def _rewrite_complete_saves(path: Path, config: str) -> None:
+    """Make ``path`` an appendable copy of itself holding only complete saves, with the
+    config attribute replaced by ``config`` (a resumed run may carry new budgets).
+
+    A killed SWMR writer leaves the file marked open-for-write, which HDF5 refuses to open
+    for writing again; a readable copy (written to a temporary file, then atomically
+    renamed over the original) clears that, and trims rows a kill left half-written:
+    saves past the last complete one, steps past its step count, kernel snapshots after it.
+    """
+    tmp = path.with_name(path.name + ".resume.tmp")
+    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        dst.attrs.update(src.attrs)
+        dst.attrs["config"] = config
+        n = dst["saves/t"].shape[0]
+        for ds in dst["saves"].values():
+            ds.resize(n, axis=0)
+        last_step = int(dst["saves/step"][n - 1]) if n else 0
+        for ds in dst["steps"].values():
+            ds.resize(last_step, axis=0)
+        if "kernel" in dst:
+            kt = dst["kernel/t"][()]
+            keep = int(np.searchsorted(kt, dst["saves/t"][n - 1], side="right")) if n else 0
+            for ds in dst["kernel"].values():
+                ds.resize(keep, axis=0)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[h5py.File]:
+    """Open for reading, also while a SWMR writer appends; HDF5's low-level errors on a
+    damaged file become one FileFormatError naming the file.
+
+    A closed file is opened plainly, so HDF5 checks it whole (end of file, checksums) and
+    fails fast; only a file marked open-for-write (a live or killed run) is opened in SWMR
+    mode, whose reader retries failed checksums for a while, expecting a writer to fix them.
+    """
+    try:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            if "already open for write" not in str(e):
+                raise
+            f = h5py.File(path, "r", swmr=True)
+        with f:
+            yield f
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        if isinstance(e, FileNotFoundError) and not path.exists():
+            raise FileFormatError(f"{path}: no such file") from None
+        raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({str(e).splitlines()[0]})") from None
+
+
+def _committed(f: h5py.File, name: str) -> int:
+    """Rows of ``name`` that belong to complete saves (or complete kernel snapshots):
+    a reader running beside the writer may see tables one row ahead of the marker."""
+    group = name.split("/")[0]
+    if group == "saves":
+        return f["saves/t"].shape[0]
+    if group == "kernel":
+        return f["kernel/t"].shape[0]
+    if group == "steps":
+        return min(f[f"steps/{c}"].shape[0] for c in STEP_COLUMNS)
+    return f[name].shape[0] if f[name].shape else 0
 
 
 def _check(path: Path) -> None:
     """Raise FileFormatError unless ``path`` is a complete gflow trajectory we can read."""
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise FileFormatError(f"{path}: not an HDF5 file, or truncated") from None
-    with f:
+    with _open(path) as f:
         if f.attrs.get("format") != FORMAT:
             raise FileFormatError(f"{path}: not a gflow trajectory (format attribute {f.attrs.get('format')!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version > FORMAT_VERSION or version < 1:
+        try:
+            version = int(f.attrs.get("format_version", -1))
+        except (TypeError, ValueError):
+            version = -1
+        if version != FORMAT_VERSION:
             raise FileFormatError(
-                f"{path}: trajectory format version {version}; this gflow reads versions 1 to {FORMAT_VERSION}"
+                f"{path}: trajectory format version {version}; this gflow reads version {FORMAT_VERSION}"
                 + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
             )
         for name in REQUIRED:
-            if name not in f:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
         n = f["saves/t"].shape[0]
-        for name in ("f_train", "f_test", "weight_change"):
-            if f[f"saves/{name}"].shape[0] < n:
+        for name, ds in f["saves"].items():
+            if ds.shape[0] < n:
                 raise FileFormatError(f"{path}: /saves/{name} has fewer rows than /saves/t (damaged file)")
 
 
 class Trajectory:
     """A stored run, queried lazily: each accessor opens the file, reads what it needs and
-    closes it, so a reader holds no handle between queries."""
+    closes it, so a reader holds no handle between queries. Safe to use while the run is
+    still being written (HDF5 SWMR): it sees every save completed so far."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         _check(self.path)
-        attrs = self.attrs
-        self.config = RunConfig.from_json(attrs["config"], f"{self.path} /config")
+        self.config = RunConfig.from_json(self.attrs["config"], f"{self.path} /config")
         self._flow: GradientFlow | None = None
 
-    def _file(self) -> h5py.File:
-        return h5py.File(self.path, "r")
+    def _file(self) -> "contextlib.AbstractContextManager[h5py.File]":
+        return _open(self.path)
 
     @property
     def attrs(self) -> dict[str, Any]:
+        """The immutable root attributes: format, config, versions, device, created, n_params."""
         with self._file() as f:
             return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
 
+    def _run_field(self, name: str) -> Any:
+        value = self.read(f"run/{name}")
+        return value.decode() if isinstance(value, bytes) else float(value)
+
     @property
     def status(self) -> str:
-        return str(self.attrs["status"])
+        """running, finished, stopped or failed."""
+        return self._run_field("status")
 
     @property
     def stop_reason(self) -> str:
-        return str(self.attrs["stop_reason"])
+        return self._run_field("stop_reason")
+
+    def has(self, name: str) -> bool:
+        """Whether the file holds the dataset or group ``name`` (e.g. "kernel")."""
+        with self._file() as f:
+            return name in f
 
     def read(self, name: str) -> np.ndarray:
-        """Any dataset by path, e.g. ``read("saves/test_err")``."""
+        """Any dataset by path, e.g. ``read("saves/test_err")``; tables of saves, steps and
+        kernel snapshots hold only complete rows."""
         with self._file() as f:
-            if name not in f:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FileFormatError(f"{self.path}: no dataset /{name}")
-            return f[name][()]
+            ds = f[name]
+            if ds.shape and name.split("/")[0] in ("saves", "steps", "kernel"):
+                return ds[: _committed(f, name)]
+            return ds[()]
 
     @property
     def save_times(self) -> np.ndarray:
         return self.read("saves/t")
 
     def __len__(self) -> int:
-        return len(self.save_times)
+        with self._file() as f:
+            return f["saves/t"].shape[0]
 
     def _row(self, name: str, i: int) -> np.ndarray:
         with self._file() as f:
             if name not in f:
                 raise FileFormatError(f"{self.path}: no dataset /{name} (was the run saved without states?)")
-            ds = f[name]
             n = f["saves/t"].shape[0]
             if not -n <= i < n:
                 raise IndexError(f"save index {i} out of range for {n} saves")
-            return ds[i % n]
+            return f[name][i % n]
 
     def outputs(self, i: int, split: str = "train") -> np.ndarray:
         """Raw outputs f(w(t_i), x) on ``split`` ("train" or "test") at the i-th save."""
@@ -293,21 +449,22 @@ class Trajectory:
         """dy/dt at the i-th save."""
         return torch.from_numpy(self._row("saves/dstate", i))
 
-    @property
-    def steps(self) -> "pd.DataFrame":  # noqa: F821
-        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
+    def _table(self, group: str, columns: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
         import pandas as pd
 
         with self._file() as f:
-            return pd.DataFrame({c: f[f"steps/{c}"][()] for c in STEP_COLUMNS})
+            n = _committed(f, f"{group}/{columns[0]}")
+            return pd.DataFrame({c: f[f"{group}/{c}"][:n] for c in columns})
+
+    @property
+    def steps(self) -> "pd.DataFrame":  # noqa: F821
+        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
+        return self._table("steps", STEP_COLUMNS)
 
     @property
     def saves(self) -> "pd.DataFrame":  # noqa: F821
         """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
-        import pandas as pd
-
-        with self._file() as f:
-            return pd.DataFrame({c: f[f"saves/{c}"][()] for c in SAVE_SCALARS})
+        return self._table("saves", SAVE_SCALARS)
 
     @property
     def flow(self) -> GradientFlow:
@@ -366,9 +523,8 @@ class Trajectory:
     def kernel_change(self, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F): from the snapshots taken during
         the run when there are any, else computed now at every save on the first n train points."""
-        with self._file() as f:
-            if "kernel" in f:
-                return f["kernel/t"][()], f["kernel/change"][()]
+        if self.has("kernel"):
+            return self.read("kernel/t"), self.read("kernel/change")
         theta0 = self.kernel(0, n)
         return self.save_times, np.array([relative_change(self.kernel(i, n), theta0) for i in range(len(self))])
 
@@ -403,9 +559,16 @@ class Trajectory:
         raise ValueError(f"method = {method!r}: must be linearization, kernel or curvature")
 
     def summary(self) -> dict[str, Any]:
-        """Status, counts and final metrics, read from attributes only (cheap)."""
-        a = self.attrs
-        return {"status": a["status"], "stop_reason": a["stop_reason"], **json.loads(a.get("summary", "{}"))}
+        """Status, stop reason, and the last save's scalars (t, step, evals, wall, losses,
+        errors): reads one row of each table, so a catalog of many runs stays cheap."""
+        with self._file() as f:
+            n = f["saves/t"].shape[0]
+            last = {c: float(f[f"saves/{c}"][n - 1]) for c in SAVE_SCALARS} if n else {}
+            run = {k: f[f"run/{k}"][()] for k in ("status", "stop_reason")}
+        for c in ("step", "evals"):
+            if c in last:
+                last[c] = int(last[c])
+        return {k: v.decode() for k, v in run.items()} | last
 
 
 def open_trajectory(path: str | Path) -> Trajectory:

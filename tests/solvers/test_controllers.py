@@ -6,7 +6,6 @@ import torch
 from solvers import Adaptive, Euler, FixedStep, FunctionProblem, GradientRatio, Observer, RatioTarget, integrate
 from solvers.controllers import gradient_turn
 
-from .problems import decay
 
 
 class Steps(Observer):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from solvers import (Adaptive, Condition, Counters, Euler, FixedStep, FunctionProblem, GradientRatio, MaxSteps,
+from solvers import (Adaptive, Condition, Euler, FixedStep, FunctionProblem, GradientRatio, MaxSteps,
                      Observer, WallClock, integrate)
 
 from .problems import decay
