@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import resume, run
 
     if args.resume:
-        traj = resume(args.resume, progress=None)
+        traj = resume(args.resume, max_steps=args.max_steps, max_wall=args.max_wall, progress=None)
     else:
         traj = run(config_from_args(args), args.out, overwrite=args.overwrite, progress=None)
     print(format_summary(traj))
@@ -124,7 +124,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file of RunConfig fields")
     p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE (other flags ignored)")
+    p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE; "
+                   "--max-steps and --max-wall set new budgets, other flags are ignored")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)
 

@@ -52,6 +52,20 @@ def ntk(
     half the budget it is computed once; otherwise both sides go in blocks and J(x2)
     blocks are recomputed for each block of x1 (more time, same memory).
     """
+    try:
+        return _ntk_blocked(model, params, x1, x2, max_memory)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "allocate" not in str(e):
+            raise
+        raise GflowError(
+            f"out of memory computing the NTK on {len(x1)} points ({params.numel()} parameters, Jacobian budget "
+            f"{max_memory / 2**20:.0f} MiB): lower --kernel-memory (smaller blocks) or --kernel-n (fewer points)"
+        ) from None
+
+
+def _ntk_blocked(
+    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int
+) -> torch.Tensor:
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
     n_params, itemsize = params.numel(), params.element_size()

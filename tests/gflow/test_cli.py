@@ -88,3 +88,13 @@ def test_show_rejects_a_file_that_is_not_a_trajectory(tmp_path, capsys):
     assert main(["show", str(tmp_path / "x.h5")]) == 2
     assert "not an HDF5 file" in capsys.readouterr().err
 
+
+
+def test_resume_continues_a_stopped_run_under_a_new_step_budget(tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    assert main(["run", *FAST, "--max-steps", "10", "--out", str(out)]) == 1  # stopped, not finished
+    assert "maximum of 10 steps" in capsys.readouterr().out
+    assert main(["run", "--resume", str(out), "--max-steps", "1000000"]) == 0
+    assert "status       finished" in capsys.readouterr().out
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "status finished; only running (killed) or stopped runs can be resumed" in capsys.readouterr().err

@@ -37,6 +37,15 @@ def test_kernel_memory_too_small_names_the_flag(flow):
         ntk(flow.model, flow.w0, flow.x_train[:5], max_memory=100)
 
 
+def test_out_of_memory_names_the_flags_that_lower_memory_use(flow, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(gflow.kernels, "jacobian", exhausted)
+    with pytest.raises(GflowError, match="out of memory computing the NTK on 30 points.*--kernel-memory.*--kernel-n"):
+        ntk(flow.model, flow.w0, flow.x_train[:30])
+
+
 def test_jacobian_rows_are_per_sample_gradients(flow):
     x = flow.x_train[:3]
     J = jacobian(flow.model, flow.w0, x)
