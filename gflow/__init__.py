@@ -10,11 +10,11 @@ from .config import RunConfig
 from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
 from .kernels import ntk
-from .run import run
+from .run import resume, run
 from .store import Trajectory
 from .store import open_trajectory as open
 
 __all__ = [
     "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Trajectory", "build", "ntk", "open",
-    "run",
+    "resume", "run",
 ]

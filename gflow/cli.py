@@ -116,6 +116,48 @@ def _cmd_t1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import Sweep, run_sweep, summarize
+
+    results = run_sweep(Sweep.load(args.file), args.out, engine=args.engine, workers=args.workers,
+                        scheduler=args.scheduler)
+    print(summarize(results))
+    return 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from .catalog import catalog, where
+
+    table = where(catalog(args.dir), args.where or [])
+    if args.columns:
+        missing = [c for c in args.columns if c not in table.columns]
+        if missing:
+            raise GflowError(f"--columns: no column {missing[0]!r}; columns: {', '.join(table.columns)}")
+        table = table[args.columns]
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=1))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot
+
+    print(f"wrote {plot(args.dir, args.kind, args.output)}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import reproduce
+
+    for path in reproduce(args.name, args.out, workers=args.workers, engine=args.engine):
+        print(f"wrote {path}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gflow", description="Neural-network training as an ODE, integrated accurately.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -140,6 +182,35 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
     p.set_defaults(func=_cmd_t1)
+
+    p = sub.add_parser("sweep", help="run a grid of runs (a sweep TOML file) into a directory; re-run to finish it")
+    p.add_argument("file", help="sweep TOML: [base] RunConfig fields, [grid] field = [values] or {log = [lo, hi, n]}")
+    p.add_argument("--out", required=True, help="directory of the runs (one HDF5 file per run)")
+    p.add_argument("--engine", default="local", choices=["local", "dask"], help="local processes or Dask distributed")
+    p.add_argument("--workers", type=int, help="runs at a time (default: one per CPU core)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("query", help="a table of the runs in a directory: config fields and results")
+    p.add_argument("dir")
+    p.add_argument("--where", action="append", metavar="EXPR", help="COLUMN OP VALUE, e.g. alpha>=1 (repeatable: and)")
+    p.add_argument("--columns", nargs="+", help="columns to show (default: all)")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.set_defaults(func=_cmd_query)
+
+    p = sub.add_parser("plot", help="the paper's figures from a directory of runs")
+    p.add_argument("dir")
+    p.add_argument("--kind", required=True, choices=["test-error", "kernel-change", "learning-curves", "phase",
+                                                    "ensemble"])
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("reproduce", help="run one of the paper's experiments and draw its figures")
+    p.add_argument("name", help="digits (2 cores, minutes) or fashion (the paper's size, hours)")
+    p.add_argument("--out", help="directory (default: ./NAME)")
+    p.add_argument("--engine", default="local", choices=["local", "dask"])
+    p.add_argument("--workers", type=int)
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("show", help="summarise stored runs")
     p.add_argument("files", nargs="+")

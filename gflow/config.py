@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from solvers.torchdiffeq_backend import FIXED, METHODS
 
+from ._toml import tomllib
 from .errors import ConfigError, GflowError
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "teacher")

@@ -15,3 +15,11 @@ class ConfigError(GflowError):
 
 class FileFormatError(GflowError):
     """A file is not a trajectory this version of gflow can read."""
+
+
+class RunBusy(GflowError):
+    """Another live process is writing this run (its lock is held, or it created the file first)."""
+
+
+class OutputExists(GflowError):
+    """The output file of a new run exists already (pass overwrite=True to replace it)."""

@@ -17,7 +17,7 @@ from solvers.events import Event
 from solvers.method import Method
 
 from .config import NATIVE_SOLVERS, RunConfig
-from .errors import GflowError
+from .errors import GflowError, OutputExists
 from .flow import GradientFlow, build
 from .progress import ProgressBar
 from .store import Trajectory, TrajectoryWriter
@@ -137,7 +137,7 @@ def run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: b
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise GflowError(f"output {out} exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExists(f"output {out} exists; pass --overwrite (overwrite=True) to replace it")
     if not out.parent.is_dir():
         raise GflowError(f"output directory {out.parent} does not exist")
     flow = build(cfg)

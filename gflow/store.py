@@ -24,7 +24,7 @@ import torch
 from solvers import Observer, SaveRecord, StepRecord, Stop, hermite, integrate
 
 from .config import RunConfig
-from .errors import FileFormatError, GflowError
+from .errors import FileFormatError, GflowError, RunBusy
 from .flow import GradientFlow
 from .geometry import Curvature, curvature, first_crossing, linearization_gap
 from .kernels import ntk, relative_change
@@ -124,7 +124,7 @@ class TrajectoryWriter(Observer):
                 try:  # "w-" fails if the file exists: two processes racing for one output cannot both win
                     self.file = h5py.File(self.path, "w-", libver="latest")
                 except FileExistsError:
-                    raise GflowError(f"output {self.path} exists; pass --overwrite (overwrite=True) to replace it") from None
+                    raise RunBusy(f"output {self.path} was just created by another process") from None
                 self._create(flow, keep_state)
         except BaseException:
             self._lock.release()
@@ -270,7 +270,7 @@ class RunLock:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise GflowError(f"{path} is being written by another live process (lock {self.path})") from None
+            raise RunBusy(f"{path} is being written by another live process (lock {self.path})") from None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,0 +1,139 @@
+"""A catalog of stored runs: one row per file, and the seed averages of the paper.
+
+``catalog(DIR)`` reads only each file's attributes, its ``/run`` status, the last row of
+the save tables and the last kernel snapshot, so a thousand runs take seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .errors import GflowError
+from .geometry import first_crossing
+from .store import Trajectory
+from .timescales import power_law
+
+RESULTS = ("file", "status", "stop_reason", "t", "steps", "evals", "wall", "train_loss", "train_err",
+           "test_loss", "test_err", "kernel_change", "t1_kernel")
+CONFIG = tuple(f.name for f in fields(RunConfig))
+
+
+def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
+    """One row per ``*.h5`` file in ``directory``: every RunConfig field, then status,
+    stop_reason, final t, steps, evals, wall, final train/test loss and error, and, for runs
+    with kernel snapshots, the final kernel change ||Theta - Theta0|| / ||Theta0|| and
+    t1_kernel (first time it exceeds ``eps``; inf if never). Unreadable files get a row
+    with status ``unreadable`` and the reason."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise GflowError(f"{directory}: no such directory")
+    rows = [_row(path, eps) for path in sorted(directory.glob("*.h5"))]
+    return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS])
+
+
+def _row(path: Path, eps: float) -> dict[str, Any]:
+    try:
+        traj = Trajectory(path)
+        s = traj.summary()
+    except GflowError as e:
+        return {"file": path.name, "status": "unreadable", "stop_reason": str(e)}
+    row: dict[str, Any] = traj.config.to_dict()
+    row.update(file=path.name, status=s["status"], stop_reason=s["stop_reason"], t=s.get("t", math.nan),
+               steps=s.get("step", 0), evals=s.get("evals", 0), wall=s.get("wall", math.nan),
+               train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
+               test_loss=s.get("test_loss", math.nan), test_err=s.get("test_err", math.nan),
+               kernel_change=math.nan, t1_kernel=math.nan)
+    if traj.has("kernel/t"):
+        times, change = traj.kernel_change()
+        if len(change):
+            row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
+    if isinstance(row.get("classes"), list):
+        row["classes"] = " ".join(map(str, row["classes"]))
+    return row
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|=)\s*(.*?)\s*$")
+
+
+def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
+    """Rows meeting every condition ``column OP value`` (OP one of == != < <= > >=, = is ==),
+    e.g. ``alpha>=1``, ``status==finished``. Parsed, never evaluated."""
+    mask = pd.Series(True, index=table.index)
+    for text in conditions:
+        m = _CONDITION.match(text)
+        if not m:
+            raise GflowError(f"--where {text!r}: expected COLUMN OP VALUE with OP one of == != < <= > >=")
+        column, op, raw = m.groups()
+        if column not in table.columns:
+            raise GflowError(f"--where {text!r}: no column {column!r}; columns: {', '.join(table.columns)}")
+        value = _parse_value(raw)
+        col = table[column]
+        if isinstance(value, str) and op not in ("==", "=", "!="):
+            raise GflowError(f"--where {text!r}: {op} needs a number")
+        ops = {"==": col == value, "=": col == value, "!=": col != value}
+        if not isinstance(value, str):
+            numeric = pd.to_numeric(col, errors="coerce")
+            ops.update({"<": numeric < value, "<=": numeric <= value, ">": numeric > value, ">=": numeric >= value})
+        mask &= ops[op]
+    return table[mask]
+
+
+def _parse_value(raw: str) -> Any:
+    raw = raw.strip().strip("'\"")
+    try:
+        return float(raw)
+    except ValueError:
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> pd.DataFrame:
+    """Averages over initializations (finding (iii) of Geiger et al. 2019).
+
+    For each group of finished runs that differ only in ``seed``: with the learned function
+    F_s(x) = alpha (f(w_s(T), x) - f(w_s(0), x)) of seed s on the test set, the mean predictor
+    F_bar = mean_s F_s, its test error (sign(F_bar) != y), the mean single-run test error,
+    and the fluctuations delta_F = sqrt(mean_{s,x} (F_s - F_bar)^2).
+    """
+    table = catalog(directory)
+    finished = table[table["status"] == "finished"]
+    if finished.empty:
+        raise GflowError(f"{directory}: no finished runs")
+    keys = [c for c in CONFIG if c != "seed"]
+    rows = []
+    for _, group in finished.groupby(keys, dropna=False, sort=True):
+        outputs, labels = [], None
+        for name in group["file"]:
+            traj = Trajectory(Path(directory) / name)
+            alpha = traj.config.alpha
+            outputs.append(alpha * (traj.outputs(-1, "test") - traj.read("init/f0_test")))
+            y = traj.read("data/y_test")
+            if labels is not None and not np.array_equal(labels, y):
+                raise GflowError(f"{name}: another test set than the rest of its group (data_seed must not vary)")
+            labels = y
+        f = np.stack(outputs)
+        f_bar = f.mean(axis=0)
+        rows.append({
+            **{k: group[k].iloc[0] for k in by}, "seeds": len(group),
+            "ensemble_test_err": float(np.mean(np.sign(f_bar) != labels)) if len(labels) else math.nan,
+            "mean_test_err": float(group["test_err"].mean()),
+            "delta_F": float(np.sqrt(((f - f_bar) ** 2).mean())),
+        })
+    return pd.DataFrame(rows)
+
+
+def fluctuation_exponents(ens: pd.DataFrame) -> pd.DataFrame:
+    """Per alpha, the exponent b of delta_F ~ h^b fitted over widths (the paper finds b near -1/2)."""
+    rows = []
+    for alpha, group in ens.groupby("alpha"):
+        ok = group[(group["delta_F"] > 0) & np.isfinite(group["delta_F"])]
+        b = power_law(ok["width"].to_numpy(float), ok["delta_F"].to_numpy())[0] if len(ok) >= 2 else math.nan
+        rows.append({"alpha": alpha, "widths": len(ok), "delta_F_exponent": b})
+    return pd.DataFrame(rows)

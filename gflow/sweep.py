@@ -1,0 +1,270 @@
+"""Sweeps: a grid of runs over RunConfig fields, run on local processes or Dask.
+
+A sweep file is TOML::
+
+    [base]                       # RunConfig fields shared by every run
+    ptr = 500
+    solver = "momentum"
+
+    [grid]                       # RunConfig fields to vary: the runs are the product
+    alpha = { log = [0.01, 100.0, 5] }     # 5 log-spaced values
+    width = [50, 100]
+    seed = { range = [0, 3] }              # 0, 1, 2
+
+Each run goes to ``DIR/<name>.h5`` with a deterministic name (the grid values and a hash
+of the whole config), so running a sweep again does only what is missing: finished files
+are skipped, killed or stopped ones resumed, failed ones redone. A run another live
+process holds (a second sweep on the same directory) is left to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import multiprocessing
+import os
+import traceback
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._toml import tomllib
+from .config import RunConfig
+from .errors import GflowError, OutputExists, RunBusy
+
+ENGINES = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A base config and a grid of values per field; ``runs()`` is their product."""
+
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Sweep":
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise GflowError(f"cannot read sweep {path}: {e.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise GflowError(f"sweep {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(data) - {"base", "grid"})
+        if unknown:
+            raise GflowError(f"sweep {path}: unknown table [{unknown[0]}]; allowed: [base], [grid]")
+        grid = {k: _values(k, v, str(path)) for k, v in data.get("grid", {}).items()}
+        sweep = cls(dict(data.get("base", {})), grid)
+        sweep.runs()  # validate every run now: no run starts when one of them is bad
+        return sweep
+
+    def runs(self) -> list[RunConfig]:
+        """Every config of the grid, in a fixed order (the grid's order, last field fastest)."""
+        base = RunConfig.from_dict(self.base, "sweep [base]")
+        overlap = sorted(set(self.base) & set(self.grid))
+        if overlap:
+            raise GflowError(f"sweep: field {overlap[0]!r} is in both [base] and [grid]")
+        keys = list(self.grid)
+        base_fields = base.to_dict()
+        return [RunConfig.from_dict(base_fields | dict(zip(keys, combo)), "sweep [grid]")
+                for combo in itertools.product(*self.grid.values())]
+
+    def name(self, cfg: RunConfig) -> str:
+        """A file name that says which grid point it is and changes with anything else in the config."""
+        digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
+        parts = [f"{k}={_short(getattr(cfg, k))}" for k in self.grid]
+        return "_".join([*parts, digest])
+
+
+def _values(field: str, spec: Any, source: str) -> list[Any]:
+    """A grid entry: a list, or {log = [lo, hi, n]}, {lin = [lo, hi, n]} (rounded to integers when
+    both ends are integers), {range = [start, stop(, step)]}."""
+    if isinstance(spec, list):
+        if not spec:
+            raise GflowError(f"{source}: [grid] {field} is an empty list")
+        return spec
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        if kind in ("log", "lin") and isinstance(args, list) and len(args) == 3 and isinstance(args[2], int):
+            lo, hi, n = args
+            if kind == "log" and not (lo > 0 and hi > 0):
+                raise GflowError(f"{source}: [grid] {field} log range needs positive ends, got {lo}, {hi}")
+            values = np.geomspace(lo, hi, n) if kind == "log" else np.linspace(lo, hi, n)
+            if isinstance(lo, int) and isinstance(hi, int):  # integer ends (widths, sizes): rounded integers
+                return sorted({int(round(v)) for v in values})
+            return [float(f"{v:.12g}") for v in values]
+        if kind == "range" and isinstance(args, list) and 2 <= len(args) <= 3 and all(isinstance(a, int) for a in args):
+            return list(range(*args))
+    raise GflowError(
+        f"{source}: [grid] {field} = {spec!r}: must be a list, {{log = [lo, hi, n]}}, {{lin = [lo, hi, n]}} "
+        "or {range = [start, stop, step]}"
+    )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    return str(value)
+
+
+def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, str]:
+    """Bring one run of a sweep to an end state and report it; never raises (a failing run
+    must not stop the others). Writes ``<path minus .h5>.log``."""
+    from .run import resume, run
+    from .store import Trajectory
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(path)
+    log = _run_logger(out)
+    cfg = RunConfig.from_json(cfg_json)
+    try:
+        action = _action(out, cfg)
+        log.info("%s %s", action, out.name)
+        if action == "skip":
+            traj = Trajectory(out)
+        elif action == "resume":
+            traj = resume(out, progress=False)
+        else:
+            if out.exists():
+                _set_aside(out, cfg)
+            traj = run(cfg, out, progress=False)  # created with O_EXCL: one process wins a race
+        if action != "skip":
+            log.info("integrated by process %d", os.getpid())
+        result = {"name": out.stem, "action": action, "status": traj.status, "reason": traj.stop_reason}
+    except (RunBusy, OutputExists) as e:  # another process claimed it first
+        result = {"name": out.stem, "action": "busy", "status": "running", "reason": str(e)}
+    except Exception as e:  # recorded and reported: one run's failure is not the sweep's
+        log.error("%s", traceback.format_exc())
+        result = {"name": out.stem, "action": "error", "status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    log.info("%s: %s (%s)", result["status"], result["name"], result["reason"])
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+    return result
+
+
+def _action(out: Path, cfg: RunConfig) -> str:
+    """skip a finished run, resume a killed or stopped one, (re)do a failed, missing or unreadable one."""
+    from .store import Trajectory
+
+    if not out.exists():
+        return "run"
+    try:
+        traj = Trajectory(out)
+    except GflowError:
+        return "run"
+    if traj.config != cfg and traj.config.replace(max_steps=cfg.max_steps, max_wall=cfg.max_wall) != cfg:
+        raise GflowError(f"{out} holds a run of another config; move it away or use another directory")
+    if traj.status == "finished":
+        return "skip"
+    if traj.status in ("running", "stopped") and traj.has("saves/state") and len(traj) > 0:
+        return "resume"
+    return "run"
+
+
+def _set_aside(out: Path, cfg: RunConfig) -> None:
+    """Move a failed or unreadable run to ``<name>.h5.failed`` (kept for inspection), under
+    the run's lock and after checking again, so a live or just-finished run is never moved."""
+    from .store import RunLock
+
+    lock = RunLock(out)
+    try:
+        if out.exists() and _action(out, cfg) == "run":
+            os.replace(out, out.with_suffix(".h5.failed"))
+    finally:
+        lock.release()
+
+
+def _run_logger(out: Path) -> logging.Logger:
+    log = logging.getLogger(f"gflow.sweep.{out}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(out.with_suffix(".log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def run_sweep(
+    sweep: Sweep, out: str | Path, *, engine: str = "local", workers: int | None = None,
+    scheduler: str | None = None, progress: bool | None = None,
+) -> list[dict[str, str]]:
+    """Run every missing run of ``sweep`` into the directory ``out``, ``workers`` at a time
+    (default: one per CPU core) on local processes or on Dask (a LocalCluster, or the
+    cluster at ``scheduler``). Returns one result per run (name, action, status, reason)."""
+    if engine not in ENGINES:
+        raise GflowError(f"engine = {engine!r}: must be one of {', '.join(ENGINES)}")
+    if scheduler and engine != "dask":
+        raise GflowError("--scheduler needs --engine dask")
+    if workers is not None and workers < 1:
+        raise GflowError(f"workers = {workers}: must be >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in sweep.runs()]
+    workers = workers or os.cpu_count() or 1
+    # Each worker gets its share of the cores: torch would otherwise start one thread per
+    # core in every worker and the workers would fight over them.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    submit = _dask_engine(workers, scheduler) if engine == "dask" else _local_engine(workers)
+    results = []
+    counts: Counter[str] = Counter()
+    with tqdm(total=len(tasks), disable=None if progress is None else not progress, unit="run") as bar:
+        for result in submit(run_one, [(*t, threads) for t in tasks]):
+            results.append(result)
+            counts[result["status"]] += 1
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())), refresh=False)
+            bar.update()
+    return sorted(results, key=lambda r: r["name"])
+
+
+Submit = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], Iterator[dict[str, str]]]
+
+
+def _local_engine(workers: int) -> Submit:
+    def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
+        # spawn, not fork: forking a process that has started torch's thread pools can hang
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(fn, *t) for t in tasks]
+            for future in as_completed(futures):
+                yield future.result()
+
+    return submit
+
+
+def _dask_engine(workers: int, scheduler: str | None) -> Submit:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed as dask_completed
+    except ImportError:
+        raise GflowError("--engine dask needs Dask distributed: pip install 'gflow[dask]'") from None
+
+    def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
+        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None)
+        with Client(scheduler or cluster) as client:
+            futures = [client.submit(fn, *t, pure=False) for t in tasks]
+            for future in dask_completed(futures):
+                yield future.result()
+        if cluster is not None:
+            cluster.close()
+
+    return submit
+
+
+def summarize(results: Iterable[dict[str, str]]) -> str:
+    """One line per status, then one line per run that did not finish."""
+    results = list(results)
+    counts = Counter(r["status"] for r in results)
+    lines = [f"{len(results)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    lines += [f"  {r['status']:9s} {r['name']}: {r['reason']}" for r in results if r["status"] != "finished"]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Sweeps: grid expansion, local and Dask engines, re-running does only what is missing."""
+
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import gflow
+from gflow import GflowError
+from gflow.experiments import NAMES, sweep_file
+from gflow.sweep import Sweep, run_sweep
+
+TINY = """
+[base]
+ptr = 40
+pte = 20
+t_end = 5.0
+saves = 4
+kernel_n = 10
+kernel_every = 2
+
+[grid]
+alpha = [0.5, 2.0]
+width = [6, 12]
+"""
+
+
+def _sweep(tmp_path, text=TINY):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return Sweep.load(path)
+
+
+def test_grid_forms_expand_to_the_product_in_order(tmp_path):
+    sweep = _sweep(tmp_path, """
+[base]
+ptr = 40
+[grid]
+alpha = { log = [0.01, 100.0, 5] }
+width = { lin = [10, 30, 3] }
+seed = { range = [0, 4, 2] }
+""")
+    runs = sweep.runs()
+    assert len(runs) == 5 * 3 * 2
+    assert [r.alpha for r in runs[::6]] == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert sorted({r.seed for r in runs}) == [0, 2] and runs[0].ptr == 40
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[grid]\nalpha = []", "alpha is an empty list"),
+    ("[grid]\nalpha = { log = [0, 1, 3] }", "log range needs positive ends"),
+    ("[grid]\nalpha = { cube = [1, 2] }", "must be a list, {log = [lo, hi, n]}"),
+    ("[grid]\nalpah = [1.0]", "unknown field 'alpah'"),
+    ("[grid]\nwidth = [10, 0]", "width = 0: must be >= 1"),
+    ("[base]\nwidth = 5\n[grid]\nwidth = [1]", "'width' is in both [base] and [grid]"),
+    ("[runs]\nx = 1", "unknown table [runs]"),
+])
+def test_bad_sweep_files_are_one_clear_error_before_any_run(tmp_path, text, message):
+    with pytest.raises(GflowError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        _sweep(tmp_path, text)
+
+
+def test_names_are_deterministic_readable_and_distinct(tmp_path):
+    sweep = _sweep(tmp_path)
+    names = [sweep.name(cfg) for cfg in sweep.runs()]
+    assert len(set(names)) == 4 and names[0].startswith("alpha=0.5_width=6_")
+    assert names == [_sweep(tmp_path).name(cfg) for cfg in sweep.runs()]
+
+
+def test_local_sweep_completes_and_a_rerun_only_does_what_is_missing(tmp_path):
+    sweep = _sweep(tmp_path)
+    out = tmp_path / "runs"
+    first = run_sweep(sweep, out, workers=2, progress=False)
+    assert [r["status"] for r in first] == ["finished"] * 4 and {r["action"] for r in first} == {"run"}
+    files = sorted(out.glob("*.h5"))
+    assert len(files) == 4 and all(gflow.open(f).status == "finished" for f in files)
+    # damage the record: one run killed mid-way (status running), one failed
+    killed, failed = files[0], files[1]
+    with h5py.File(killed, "r+") as f:
+        f["run/status"][()] = b"running"
+        for ds in f["saves"].values():
+            ds.resize(2, axis=0)
+    with h5py.File(failed, "r+") as f:
+        f["run/status"][()] = b"failed"
+    untouched = {f: f.stat().st_mtime_ns for f in files[2:]}
+    again = {r["name"]: r for r in run_sweep(sweep, out, workers=2, progress=False)}
+    assert again[killed.stem]["action"] == "resume" and again[failed.stem]["action"] == "run"
+    assert all(r["status"] == "finished" for r in again.values())
+    assert sum(r["action"] == "skip" for r in again.values()) == 2
+    assert {f: f.stat().st_mtime_ns for f in files[2:]} == untouched
+    assert failed.with_suffix(".h5.failed").exists()  # the failed file is kept for inspection
+    assert "integrated by process" in failed.with_suffix(".log").read_text()
+
+
+def test_dask_local_cluster_runs_every_run_to_a_complete_file(tmp_path):
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "dask"
+    results = run_sweep(_sweep(tmp_path), out, engine="dask", workers=2, progress=False)
+    assert [r["status"] for r in results] == ["finished"] * 4
+    for path in out.glob("*.h5"):
+        traj = gflow.open(path)
+        assert traj.status == "finished" and traj.save_times[-1] == traj.config.t_end
+        assert len(traj.read("kernel/t")) >= 2
+
+
+def test_two_sweeps_on_one_directory_run_each_run_exactly_once(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY.replace("t_end = 5.0", "t_end = 300.0").replace("saves = 4", "saves = 30"))
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "gflow.cli", "sweep", str(path), "--out", str(out), "--workers", "2"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    time.sleep(1.0)
+    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all("Traceback" not in err for _, err in outputs)
+    logs = sorted(out.glob("*.log"))
+    assert len(logs) == 4
+    for log in logs:
+        assert log.read_text().count("integrated by process") == 1, log.read_text()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "4 runs: 4 finished" in rerun.stdout
+
+
+def test_shipped_experiments_are_valid_sweeps():
+    for name in NAMES:
+        runs = Sweep.load(sweep_file(name)).runs()
+        assert len(runs) >= 27 and all(r.stop_margin == 1.0 and r.kernel_n > 0 for r in runs)
+    with pytest.raises(GflowError, match="experiment 'cifar'"):
+        sweep_file("cifar")
+
+
+def test_ensemble_mean_predictor_and_fluctuations_match_a_direct_computation(tmp_path):
+    from gflow.catalog import ensemble
+
+    sweep = _sweep(tmp_path, TINY.replace("width = [6, 12]", "seed = [0, 1, 2]"))
+    out = tmp_path / "ens"
+    run_sweep(sweep, out, workers=2, progress=False)
+    table = ensemble(out)
+    assert len(table) == 2 and (table["seeds"] == 3).all()
+    row = table[table["alpha"] == 2.0].iloc[0]
+    trajs = [gflow.open(p) for p in sorted(out.glob("alpha=2_*.h5"))]
+    f = np.stack([2.0 * (t.outputs(-1, "test") - t.read("init/f0_test")) for t in trajs])
+    y = trajs[0].read("data/y_test")
+    assert row["delta_F"] == pytest.approx(np.sqrt(((f - f.mean(0)) ** 2).mean()), rel=1e-12)
+    assert row["ensemble_test_err"] == pytest.approx(np.mean(np.sign(f.mean(0)) != y))
