@@ -6,15 +6,17 @@
     flow = gflow.build(cfg)                    # the ODE itself: flow.y0, flow.vector_field(t, y)
 """
 
+from .catalog import catalog, ensemble
 from .config import RunConfig
 from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
 from .kernels import ntk
 from .run import resume, run
 from .store import Trajectory
+from .sweep import Sweep, run_sweep
 from .store import open_trajectory as open
 
 __all__ = [
-    "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Trajectory", "build", "ntk", "open",
-    "resume", "run",
+    "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Sweep", "Trajectory", "build",
+    "catalog", "ensemble", "ntk", "open", "resume", "run", "run_sweep",
 ]

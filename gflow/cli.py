@@ -206,7 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("reproduce", help="run one of the paper's experiments and draw its figures")
-    p.add_argument("name", help="digits (2 cores, minutes) or fashion (the paper's size, hours)")
+    p.add_argument("name", help="digits (FC, 2 cores, about 10 minutes), fashion (FC at the paper's size, hours) or cnn (CNN on Fashion-MNIST)")
     p.add_argument("--out", help="directory (default: ./NAME)")
     p.add_argument("--engine", default="local", choices=["local", "dask"])
     p.add_argument("--workers", type=int)
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
-        target = getattr(args, "resume", None) or getattr(args, "out", None)
+        target = (args.resume or args.out) if args.command == "run" else None
         where = f"; {target} holds every save so far (status stopped): gflow run --resume {target}" if target else ""
         print(f"gflow: stopped by {name}{where}", file=sys.stderr)
         return 128 + int(getattr(signal.Signals, name, signal.SIGINT))

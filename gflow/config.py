@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 from solvers.torchdiffeq_backend import FIXED, METHODS
 
-from ._toml import tomllib
+from ._toml import read_toml
 from .errors import ConfigError, GflowError
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "teacher")
 LABELS = ("parity", "halves")
-ARCHS = ("fc",)
+ARCHS = ("fc", "cnn")
 ACTIVATIONS = ("softplus", "relu", "swish", "tanh")
 PARAMETRIZATIONS = ("ntk", "mean-field", "standard")
 LOSSES = ("softhinge", "hinge", "qhinge", "mse")
@@ -105,6 +105,8 @@ class RunConfig:
             raise ConfigError("flow", self.flow, "solver gradient-ratio integrates the gradient flow; use solver momentum")
         if self.solver in FIXED and self.dt is None:
             raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
+        if self.arch == "cnn" and self.pca is not None:
+            raise ConfigError("pca", self.pca, "arch cnn needs the images themselves; leave pca unset")
         if self.pca is not None and self.pca > self.ptr:
             raise ConfigError("pca", self.pca, f"must be <= ptr ({self.ptr}) to fit the projection on the train set")
 
@@ -146,12 +148,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         """Read a TOML file of RunConfig fields (a ``[run]`` table or top-level keys)."""
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise GflowError(f"cannot read config {path}: {e.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise GflowError(f"config {path} is not valid TOML: {e}") from None
+        data = read_toml(path, "config")
         if set(data) == {"run"} and isinstance(data["run"], dict):
             data = data["run"]
         return cls.from_dict(data, str(path))

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from .errors import ConfigError
+
 _RAW_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": nn.functional.softplus,
     "relu": torch.relu,
@@ -58,20 +60,12 @@ class FullyConnected(nn.Module):
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(n_out, n_in)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
         )
-        self.multipliers = [1.0 / math.sqrt(n_in) for n_in in sizes[:-1]]
-        if parametrization == "mean-field":
-            self.multipliers[-1] = 1.0 / width
-        self.init_std = [1.0] * len(sizes[:-1])
-        if parametrization == "standard":
-            self.init_std = self.multipliers
-            self.multipliers = [1.0] * len(self.multipliers)
+        self.multipliers, self.init_std = _scales(sizes[:-1], width, parametrization)
         self.phi = activation(act)
         self.kappa = kappa
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        with torch.no_grad():
-            for w, std in zip(self.weights, self.init_std):
-                w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype) * std)
+        _reset(self.weights, self.init_std, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x
@@ -81,6 +75,56 @@ class FullyConnected(nn.Module):
             if i < last:
                 z = self.phi(z)
         return self.kappa * z.squeeze(-1)
+
+
+def _scales(fan_ins: list[int], width: int, parametrization: str) -> tuple[list[float], list[float]]:
+    """(forward multipliers c_l, initial standard deviations) of each layer for a parametrization."""
+    multipliers = [1.0 / math.sqrt(n) for n in fan_ins]
+    if parametrization == "mean-field":
+        multipliers[-1] = 1.0 / width
+    if parametrization == "standard":
+        return [1.0] * len(multipliers), multipliers
+    return multipliers, [1.0] * len(multipliers)
+
+
+def _reset(weights: nn.ParameterList, init_std: list[float], generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for w, std in zip(weights, init_std):
+            w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype) * std)
+
+
+class ConvNet(nn.Module):
+    """f(w, x) = kappa * c_L w^L . mean_pixels phi(c_{L-1} W^{L-1} * ... phi(c_0 W^0 * x)):
+    ``depth`` 3x3 convolutions of ``width`` channels (stride 1, zero padding), global
+    average pooling and a linear readout; no biases. Inputs are square images given
+    flattened (d = s^2 pixels). The parametrizations are those of :class:`FullyConnected`
+    with fan-in 9 x channels for a convolution and ``width`` for the readout."""
+
+    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0):
+        super().__init__()
+        self.side = math.isqrt(d)
+        if self.side**2 != d:
+            raise ConfigError("arch", "cnn", f"needs square images, but the inputs have d = {d}, not s x s")
+        channels = [1] + [width] * depth
+        convs = [nn.Parameter(torch.empty(c_out, c_in, 3, 3)) for c_in, c_out in zip(channels[:-1], channels[1:])]
+        self.weights = nn.ParameterList([*convs, nn.Parameter(torch.empty(1, width))])
+        self.multipliers, self.init_std = _scales([9 * c for c in channels[:-1]] + [width], width, parametrization)
+        self.phi = activation(act)
+        self.kappa = kappa
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        _reset(self.weights, self.init_std, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.reshape(-1, 1, self.side, self.side)
+        *convs, readout = self.weights  # not a slice: slicing a ParameterList re-wraps (detaches) its tensors
+        for w, c in zip(convs, self.multipliers):
+            z = self.phi(nn.functional.conv2d(z, w, padding=1) * c)
+        pooled = z.mean(dim=(2, 3))
+        return self.kappa * (pooled @ readout.T * self.multipliers[-1]).squeeze(-1)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"fc": FullyConnected, "cnn": ConvNet}
 
 
 class FlatModel:
@@ -116,9 +160,9 @@ def build_model(
     seed: int, dtype: torch.dtype, device: torch.device,
 ) -> FlatModel:
     """The network of a run, initialised from ``seed`` (same seed, same w0, on any device)."""
-    if arch != "fc":
-        raise ValueError(f"arch = {arch!r}: must be fc")
-    module = FullyConnected(d, width, depth, act, parametrization, kappa).to(dtype)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch = {arch!r}: must be one of {', '.join(ARCHITECTURES)}")
+    module = ARCHITECTURES[arch](d, width, depth, act, parametrization, kappa).to(dtype)
     module.reset_parameters(torch.Generator().manual_seed(seed))
     return FlatModel(module.to(device))
 

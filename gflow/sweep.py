@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._toml import tomllib
+from ._toml import read_toml
 from .config import RunConfig
 from .errors import GflowError, OutputExists, RunBusy
 
@@ -50,12 +50,7 @@ class Sweep:
 
     @classmethod
     def load(cls, path: str | Path) -> "Sweep":
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise GflowError(f"cannot read sweep {path}: {e.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise GflowError(f"sweep {path} is not valid TOML: {e}") from None
+        data = read_toml(path, "sweep")
         unknown = sorted(set(data) - {"base", "grid"})
         if unknown:
             raise GflowError(f"sweep {path}: unknown table [{unknown[0]}]; allowed: [base], [grid]")

@@ -1,4 +1,4 @@
-"""The paper's experiments as sweep files shipped with gflow, and ``reproduce(name)``:
+"""The paper's experiments as sweep files shipped with gflow (digits, fashion, cnn), and ``reproduce(name)``:
 run the sweep, then draw every figure of ``gflow.plots`` into ``<out>/figures``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..errors import GflowError
 from ..plots import KINDS, plot
 from ..sweep import Sweep, run_sweep, summarize
 
-NAMES = ("digits", "fashion")
+NAMES = ("digits", "fashion", "cnn")
 
 
 def sweep_file(name: str) -> Path:

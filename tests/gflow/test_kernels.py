@@ -69,3 +69,9 @@ def test_kernel_snapshots_during_a_run_agree_with_kernels_of_stored_states(tmp_p
     i = int(list(traj.save_times).index(times[-1]))
     assert change[-1] == pytest.approx(relative_change(traj.kernel(i, 20), traj.kernel(0, 20)), rel=1e-10)
     assert change[-1] > 0.01  # small alpha: the kernel moves
+
+
+def test_ntk_of_a_cnn_matches_the_per_sample_loop():
+    flow = gflow.build(RunConfig(arch="cnn", ptr=12, pte=4, width=4, depth=2))
+    theta = ntk(flow.model, flow.w0, flow.x_train)
+    assert torch.allclose(theta, ntk_loop(flow.model, flow.w0, flow.x_train), rtol=1e-12, atol=1e-14)

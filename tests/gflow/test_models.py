@@ -62,3 +62,57 @@ def test_standard_and_ntk_parametrizations_agree_at_initialisation_in_distributi
     assert ntk.multipliers == pytest.approx([1 / math.sqrt(8), 1 / 8, 1 / 8])
     assert std.init_std == pytest.approx(ntk.multipliers) and std.multipliers == [1.0, 1.0, 1.0]
     assert np.isclose(FullyConnected(8, 64, 2, "softplus", "mean-field").multipliers[-1], 1 / 64)
+
+
+def _cnn(parametrization="ntk", width=5, depth=2, act="tanh"):
+    return build_model(36, "cnn", depth, width, act, parametrization, 1.0, 0, torch.float64, torch.device("cpu"))
+
+
+def test_cnn_equals_an_explicit_convolution_loop():
+    m = _cnn()
+    x = torch.randn(3, 36, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w1, w2, r = (p.detach() for p in m.module.weights)
+    phi = activation("tanh")
+    img = torch.nn.functional.pad(x.reshape(3, 1, 6, 6), (1, 1, 1, 1))
+    h1 = torch.zeros(3, 5, 6, 6, dtype=torch.float64)
+    for c in range(5):
+        for i in range(6):
+            for j in range(6):
+                h1[:, c, i, j] = (img[:, :, i:i + 3, j:j + 3] * w1[c]).sum(dim=(1, 2, 3)) / 3.0  # fan-in 9
+    h1 = phi(h1)
+    h1p = torch.nn.functional.pad(h1, (1, 1, 1, 1))
+    h2 = torch.zeros_like(h1)
+    for c in range(5):
+        for i in range(6):
+            for j in range(6):
+                h2[:, c, i, j] = (h1p[:, :, i:i + 3, j:j + 3] * w2[c]).sum(dim=(1, 2, 3)) / math.sqrt(45)
+    expected = phi(h2).mean(dim=(2, 3)) @ r[0] / math.sqrt(5)
+    assert torch.allclose(m(m.w0, x), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_cnn_gradient_matches_finite_differences():
+    m = _cnn(act="softplus")
+    x = torch.randn(4, 36, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w = m.w0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(m(w, x).pow(2).sum(), w)
+    rng = np.random.default_rng(0)
+    for k in rng.choice(m.n_params, 12, replace=False):
+        e = torch.zeros_like(w)
+        e[k] = 1e-6
+        fd = (m(w.detach() + e, x).pow(2).sum() - m(w.detach() - e, x).pow(2).sum()) / 2e-6
+        assert float(g[k]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+
+def test_cnn_parametrizations_scale_the_readout_like_the_fc_ones():
+    x = torch.randn(2, 36, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ntk, mf = _cnn("ntk", width=16), _cnn("mean-field", width=16)
+    assert torch.allclose(mf(mf.w0, x), ntk(ntk.w0, x) / math.sqrt(16))
+
+
+def test_cnn_rejects_inputs_that_are_not_square_images():
+    from gflow import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="needs square images"):
+        build_model(10, "cnn", 1, 4, "relu", "ntk", 1.0, 0, torch.float64, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="arch cnn needs the images themselves"):
+        RunConfig(arch="cnn", pca=10)
