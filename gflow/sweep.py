@@ -218,7 +218,9 @@ def run_sweep(
         for result in submit(run_one, [(*t, threads) for t in tasks]):
             results.append(result)
             counts[result["status"]] += 1
-            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())), refresh=False)
+            running = min(workers, len(tasks) - len(results))
+            bar.set_postfix_str(", ".join([*(f"{k} {v}" for k, v in sorted(counts.items())), f"running {running}"]),
+                                refresh=False)
             bar.update()
     return sorted(results, key=lambda r: r["name"])
 
