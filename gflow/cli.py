@@ -84,6 +84,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from . import bench
 
     out = Path(args.out)
@@ -100,7 +102,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         chosen = bench.problems(args.problems, quick=args.quick)
     except ValueError as e:
         raise GflowError(str(e)) from None
-    table = bench.solvers_benchmark(chosen, quick=args.quick)
+    tables = []
+    for name, cfg in chosen.items():  # written after each problem: a long benchmark keeps what it measured
+        tables.append(bench.solvers_benchmark({name: cfg}, quick=args.quick))
+        pd.concat(tables).to_csv(out / "solvers.csv", index=False)
+    table = pd.concat(tables)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     table.to_csv(out / "solvers.csv", index=False)
     bench.work_precision_plot(table, out / "work_precision.png")

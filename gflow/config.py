@@ -24,7 +24,7 @@ ARCHS = ("fc", "cnn")
 ACTIVATIONS = ("softplus", "relu", "swish", "tanh")
 PARAMETRIZATIONS = ("ntk", "mean-field", "standard")
 LOSSES = ("softhinge", "hinge", "qhinge", "mse")
-NATIVE_SOLVERS = ("gradient-ratio", "momentum")
+NATIVE_SOLVERS = ("gradient-ratio", "momentum", "chebyshev")
 SOLVERS = NATIVE_SOLVERS + METHODS
 FLOWS = ("gradient", "momentum")
 CONTROLLERS = ("paper", "ratio-target")
@@ -103,6 +103,9 @@ class RunConfig:
             raise ConfigError("flow", self.flow, "solver momentum integrates the momentum flow; leave flow unset")
         if self.solver == "gradient-ratio" and self.flow == "momentum":
             raise ConfigError("flow", self.flow, "solver gradient-ratio integrates the gradient flow; use solver momentum")
+        if self.solver == "chebyshev" and self.flow == "momentum":
+            raise ConfigError("flow", self.flow, "solver chebyshev needs a real spectrum (gradient flow); "
+                              "for the momentum flow use momentum or a torchdiffeq method")
         if self.solver in FIXED and self.dt is None:
             raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
         if self.arch == "cnn" and self.pca is not None:

@@ -11,8 +11,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from solvers import (Adaptive, Condition, Counters, Euler, ExactMomentum, GradientRatio, MaxSteps, RatioTarget, Stop,
-                     TorchDiffEq, WallClock, integrate)
+from solvers import (Adaptive, Chebyshev, Condition, Counters, Euler, ExactMomentum, GradientRatio, LocalError,
+                     MaxSteps, RatioTarget, Stop, TorchDiffEq, WallClock, integrate)
 from solvers.events import Event
 from solvers.method import Method
 
@@ -33,12 +33,15 @@ def save_times(cfg: RunConfig) -> list[float]:
 
 
 def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
-    """The method a config asks for: a torchdiffeq method, or the native stepper (Euler for
+    """The method a config asks for: a torchdiffeq method; the Runge-Kutta-Chebyshev
+    stepper under local error control (rtol, atol); or the native stepper (Euler for
     gradient flow, exact momentum for momentum flow) under the paper's controller or the
     ratio-target one. The output bound is max_dout / alpha on the raw outputs, i.e.
     max_dout on the scaled outputs alpha (f - f0) (seed 001)."""
     if cfg.solver not in NATIVE_SOLVERS:
         return TorchDiffEq(cfg.solver, rtol=cfg.rtol, atol=cfg.atol, step_size=cfg.dt)
+    if cfg.solver == "chebyshev":
+        return Adaptive(Chebyshev(seed=cfg.seed), LocalError(rtol=cfg.rtol, atol=cfg.atol), dt0=cfg.dt0)
     bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha)
     controller = GradientRatio(**bounds) if cfg.controller == "paper" else RatioTarget(**bounds)
     stepper = ExactMomentum(cfg.tau) if flow.momentum else Euler()

@@ -9,7 +9,8 @@ method is a stepper under a controller (:class:`Adaptive`) or a torchdiffeq solv
 
 from .adaptive import Adaptive
 from .dense import hermite
-from .controllers import Controller, Decision, FixedStep, GradientRatio, RatioTarget
+from .chebyshev import Chebyshev
+from .controllers import Controller, Decision, FixedStep, GradientRatio, LocalError, RatioTarget
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
 from .integrate import Counters, Solution, integrate
 from .method import Method, Segment
@@ -20,6 +21,7 @@ from .torchdiffeq_backend import TorchDiffEq
 
 __all__ = [
     "Adaptive",
+    "Chebyshev",
     "Condition",
     "Controller",
     "Counters",
@@ -32,6 +34,7 @@ __all__ = [
     "FixedStep",
     "FunctionProblem",
     "GradientRatio",
+    "LocalError",
     "MaxSteps",
     "Method",
     "Observer",

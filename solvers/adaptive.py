@@ -46,7 +46,7 @@ class Adaptive:
                 if collapsed:
                     return Segment(ev, dt, collapsed)
                 t_new = t_stop if h == remaining else ev.t + h
-                new = problem.evaluate(t_new, self.stepper.step(ev, h))
+                new = problem.evaluate(t_new, self.stepper.step(ev, h, problem))
                 failure = non_finite(new)
                 if failure:
                     return Segment(ev, dt, Stop("failed", f"{failure.reason} (tentative step dt = {h:.3g})"))

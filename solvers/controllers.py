@@ -151,3 +151,39 @@ class FixedStep:
 
     def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:
         return Decision(True, self.dt)
+
+
+@dataclass(frozen=True)
+class LocalError:
+    """Error-per-step control of a second-order step from its endpoint values and slopes.
+
+    With y, y' and F, F' the states and derivatives at the two ends of a step of size h,
+
+        est = (12 (y - y') + 6 h (F + F')) / 15
+
+    estimates the local error of a second-order one-step method (Sommeijer, Shampine,
+    Verwer 1998, the RKC code's estimator) at no extra evaluation. The step is accepted
+    when the RMS of est / (atol + rtol max(|y|, |y'|)) is at most 1; the next dt is
+    h * 0.8 err^{-1/3} (local error ~ h^3), kept within [h / 10, h * max_factor] and not
+    grown after a rejection.
+    """
+
+    rtol: float = 1e-4
+    atol: float = 1e-7
+    max_factor: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.rtol > 0 or not self.atol >= 0:
+            raise ValueError(f"rtol = {self.rtol!r}, atol = {self.atol!r}: need rtol > 0 and atol >= 0")
+
+    def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:
+        est = (12 * (before.y - after.y) + 6 * h * (before.dydt + after.dydt)) / 15
+        scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
+        err = float((est / scale).pow(2).mean().sqrt())
+        if math.isnan(err):
+            err = math.inf
+        factor = 0.8 * err ** (-1 / 3) if err > 0 else self.max_factor
+        if err <= 1.0:
+            # A step shortened to hit a save time may grow from the controller's dt, not from h.
+            return Decision(True, min(max(h * factor, h / 10), max(h, dt) * self.max_factor), {"error": err})
+        return Decision(False, h * max(min(factor, 1.0), 0.1), {"error": err})

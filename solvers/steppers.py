@@ -7,15 +7,16 @@ from typing import Protocol
 
 import torch
 
-from .problem import Evaluation
+from .problem import CountingProblem, Evaluation
 
 
 class Stepper(Protocol):
-    """``step(ev, dt) -> y(t + dt)`` from the evaluation ``ev`` at the start of the step."""
+    """``step(ev, dt, problem) -> y(t + dt)`` from the evaluation ``ev`` at the start of
+    the step; a multi-stage stepper evaluates ``problem`` inside the step (counted)."""
 
     order: int
 
-    def step(self, ev: Evaluation, dt: float) -> torch.Tensor: ...
+    def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor: ...
 
 
 class Euler:
@@ -27,7 +28,7 @@ class Euler:
 
     order = 1
 
-    def step(self, ev: Evaluation, dt: float) -> torch.Tensor:
+    def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor:
         return ev.y + dt * ev.dydt
 
 
@@ -56,7 +57,7 @@ class ExactMomentum:
         self.tau = tau
         self.force_key = force_key
 
-    def step(self, ev: Evaluation, dt: float) -> torch.Tensor:
+    def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor:
         g = ev.aux[self.force_key]
         x, v = ev.y.chunk(2)
         decay = math.exp(-dt / self.tau)

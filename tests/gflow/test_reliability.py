@@ -36,8 +36,11 @@ def test_resumed_native_run_is_bitwise_the_uninterrupted_run(tmp_path, solver):
     assert done.config.max_steps == 10**9  # the file records the budget it finished under
 
 
-def test_resumed_torchdiffeq_run_agrees_to_tolerance(tmp_path):
-    cfg = CFG.replace(solver="dopri5", rtol=1e-8, atol=1e-10)
+@pytest.mark.parametrize("solver", ["dopri5", "chebyshev"])
+def test_resumed_error_controlled_run_agrees_to_tolerance(tmp_path, solver):
+    # Chebyshev's spectral-radius estimate restarts on resume, so like torchdiffeq's
+    # methods it continues to tolerance rather than bitwise.
+    cfg = CFG.replace(solver=solver, rtol=1e-8, atol=1e-10)
     full = gflow.run(cfg, tmp_path / "full.h5", progress=False)
     part = gflow.run(cfg.replace(max_steps=20), tmp_path / "part.h5", progress=False)
     done = resume(part.path, max_steps=10**9, progress=False)

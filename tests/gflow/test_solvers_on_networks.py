@@ -44,9 +44,18 @@ def test_native_steppers_converge_as_max_dgrad_tightens(tmp_path, solver):
     assert errors[0] > errors[1] > errors[2], errors
 
 
+def test_chebyshev_converges_to_the_reference_as_rtol_tightens_at_second_order(tmp_path):
+    f_ref = reference(TINY, rtol=1e-10)
+    cfg = TINY.replace(solver="chebyshev")
+    errors = [_error(cfg.replace(rtol=r, atol=r * 1e-3), f_ref, tmp_path, f"cheb{r}") for r in (1e-3, 1e-5, 1e-7)]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5, errors
+
+
 def test_inconsistent_flow_and_fixed_step_without_dt_are_config_errors():
     with pytest.raises(gflow.ConfigError, match="flow"):
         RunConfig(solver="momentum", flow="gradient")
+    with pytest.raises(gflow.ConfigError, match="chebyshev needs a real spectrum"):
+        RunConfig(solver="chebyshev", flow="momentum")
     with pytest.raises(gflow.ConfigError, match="dt = None: solver rk4 takes fixed steps"):
         RunConfig(solver="rk4")
 
