@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 from .config import RunConfig, _TYPES
 from .errors import GflowError
+from .plots import KINDS
+from .sweep import ENGINES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +110,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         pd.concat(tables).to_csv(out / "solvers.csv", index=False)
     table = pd.concat(tables)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    table.to_csv(out / "solvers.csv", index=False)
     bench.work_precision_plot(table, out / "work_precision.png")
     print(f"wrote {out / 'solvers.csv'} and {out / 'work_precision.png'}")
     return 0
@@ -192,7 +193,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of runs (a sweep TOML file) into a directory; re-run to finish it")
     p.add_argument("file", help="sweep TOML: [base] RunConfig fields, [grid] field = [values] or {log = [lo, hi, n]}")
     p.add_argument("--out", required=True, help="directory of the runs (one HDF5 file per run)")
-    p.add_argument("--engine", default="local", choices=["local", "dask"], help="local processes or Dask distributed")
+    p.add_argument("--engine", default="local", choices=ENGINES, help="local processes or Dask distributed")
     p.add_argument("--workers", type=int, help="runs at a time (default: one per CPU core)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster)")
     p.set_defaults(func=_cmd_sweep)
@@ -206,15 +207,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="the paper's figures from a directory of runs")
     p.add_argument("dir")
-    p.add_argument("--kind", required=True, choices=["test-error", "kernel-change", "learning-curves", "phase",
-                                                    "ensemble"])
+    p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("reproduce", help="run one of the paper's experiments and draw its figures")
     p.add_argument("name", help="digits (FC, 2 cores, about 10 minutes), fashion (FC at the paper's size, hours) or cnn (CNN on Fashion-MNIST)")
     p.add_argument("--out", help="directory (default: ./NAME)")
-    p.add_argument("--engine", default="local", choices=["local", "dask"])
+    p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--workers", type=int)
     p.set_defaults(func=_cmd_reproduce)
 
