@@ -2,8 +2,8 @@
 
     python benchmarks/bench_timescales.py [--quick] [--out benchmarks/results/timescales]
 
-1. t1 (first time the linearisation gap exceeds 0.1) over widths x alphas in the feature
-   regime; fit t1 ~ alpha^a h^b (seed 000, finding (iv): a = 1, b = 1/2). The final kernel
+1. t1 (first time the linearisation gap exceeds 0.1) over widths x alphas x seeds in the
+   feature regime; fit t1 ~ alpha^a h^b (seed 000, finding (iv): a = 1, b = 1/2). The final kernel
    change is printed against sqrt(h) alpha, where it should collapse (finding (i)).
 2. Distance between the network and its linearisation at a fixed time over alphas; fit the
    exponent (Chizat, Oyallon, Bach, seed 002: -1).
@@ -23,6 +23,7 @@ from gflow.timescales import lazy_distance_scaling, power_law, t1_scaling
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny grid (seconds), for the tests")
+    parser.add_argument("--seeds", type=int, default=3, help="initialisations per (h, alpha)")
     parser.add_argument("--out", default="benchmarks/results/timescales")
     args = parser.parse_args()
     out = Path(args.out)
@@ -30,12 +31,13 @@ def main() -> None:
 
     if args.quick:
         base = RunConfig(ptr=50, pte=10, width=20, t_end=30.0, saves=25, save_t_min=1e-3)
-        widths, alphas, lazy_alphas = (16, 64), (0.02, 0.08), (4.0, 16.0)
+        widths, alphas, seeds, lazy_alphas = (16, 64), (0.02, 0.08), (0,), (4.0, 16.0)
     else:
         base = RunConfig(ptr=200, pte=100, t_end=100.0, saves=60, save_t_min=1e-3)
-        widths, alphas, lazy_alphas = (50, 100, 200, 400), (0.01, 0.03, 0.1), (3.0, 10.0, 30.0, 100.0, 300.0)
+        widths, alphas, seeds = (100, 200, 400, 800), (0.01, 0.03, 0.1), tuple(range(args.seeds))
+        lazy_alphas = (3.0, 10.0, 30.0, 100.0, 300.0)
 
-    t1, fit = t1_scaling(base, widths, alphas, out / "runs")
+    t1, fit = t1_scaling(base, widths, alphas, out / "runs", seeds=seeds)
     collapse_x = np.log(t1["sqrt_h_alpha"])
     spread = {name: float(np.std(np.log(t1["kernel_change_end"]) - np.polyval(np.polyfit(x, np.log(t1["kernel_change_end"]), 1), x)))
               for name, x in (("vs_sqrt_h_alpha", collapse_x), ("vs_alpha", np.log(t1["alpha"])))}

@@ -2,11 +2,20 @@
 
     Theta(w; x, x') = grad_w f(w, x) . grad_w f(w, x')        (Jacot et al.; seed 001)
 
-computed as J(x1) J(x2)^T, the Jacobian rows being per-sample gradients vectorised with
-``torch.func.vmap(grad(...))``: one batched backward per block of inputs, O(n) work
-(``jacrev`` of the batched model would cost O(n^2): every row backpropagates the whole
-batch). Rows of Jacobian are produced a block at a
-time so that at most ``max_memory`` bytes of Jacobian exist at once.
+Two ways, the first used whenever the model offers it (``method="auto"``):
+
+* structured (dense layers): layer l computes u_l = a_l W_l^T, so the per-sample gradient
+  of f with respect to W_l is the outer product delta_l a_l^T with delta_l = df/du_l, and
+
+      Theta(x, x') = sum_l (delta_l(x) . delta_l(x')) (a_l(x) . a_l(x')),
+
+  two Gram matrices per layer from one batched forward+backward; the Jacobian (n x P) is
+  never formed, O(n^2 sum_l (d_l + h_l)) work instead of O(n^2 P).
+* jacobian (any model): J(x1) J(x2)^T, the Jacobian rows being per-sample gradients
+  vectorised with ``torch.func.vmap(grad(...))``: one batched backward per block of
+  inputs, O(n) work (``jacrev`` of the batched model would cost O(n^2): every row
+  backpropagates the whole batch). Rows are produced a block at a time so that at most
+  ``max_memory`` bytes of Jacobian exist at once.
 """
 
 from __future__ import annotations
@@ -32,35 +41,66 @@ def jacobian(model: Model, params: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     return vmap(grad(f), in_dims=(None, 0))(params.detach(), x)
 
 
-def _block_rows(n_params: int, itemsize: int, max_memory: int, parts: int) -> int:
-    rows = max_memory // (parts * n_params * itemsize)
+def _block_rows(row_size: int, itemsize: int, max_memory: int, parts: int) -> int:
+    """How many rows of ``row_size`` numbers fit ``parts`` times in ``max_memory`` bytes."""
+    rows = max_memory // (parts * row_size * itemsize)
     if rows < 1:
         raise GflowError(
-            f"one Jacobian row of {n_params} parameters needs {n_params * itemsize * parts / 2**20:.0f} MiB, "
+            f"one kernel block row of {row_size} numbers needs {row_size * itemsize * parts / 2**20:.0f} MiB, "
             f"over the kernel memory budget of {max_memory / 2**20:.0f} MiB: raise --kernel-memory"
         )
     return int(rows)
 
 
+METHODS = ("auto", "structured", "jacobian")
+
+
 def ntk(
     model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int = DEFAULT_MAX_MEMORY, method: str = "auto",
 ) -> torch.Tensor:
     """Theta(params; x1, x2) as an (n1, n2) matrix; x2 = None means x1 (symmetric).
 
-    Memory: at most ``max_memory`` bytes of Jacobian at once. When all of J(x2) fits in
-    half the budget it is computed once; otherwise both sides go in blocks and J(x2)
-    blocks are recomputed for each block of x1 (more time, same memory).
+    ``method``: "structured" (models with ``tangent_factors``: dense networks), "jacobian"
+    (any model), or "auto" (structured where available). Memory: at most ``max_memory``
+    bytes of Jacobian (jacobian) or of per-block Gram temporaries (structured) at once.
+    When all of J(x2) fits in half the budget it is computed once; otherwise both sides go
+    in blocks and J(x2) blocks are recomputed for each block of x1 (more time, same memory).
     """
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r}: must be one of {', '.join(METHODS)}")
+    structured = getattr(model, "has_tangent_factors", False)
+    if method == "structured" and not structured:
+        raise GflowError(f"the structured NTK needs dense layers; {type(getattr(model, 'module', model)).__name__} "
+                         "has no tangent_factors: use method='jacobian'")
     try:
+        if method != "jacobian" and structured:
+            return _ntk_structured(model, params, x1, x2, max_memory)
         return _ntk_blocked(model, params, x1, x2, max_memory)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "allocate" not in str(e):
             raise
         raise GflowError(
-            f"out of memory computing the NTK on {len(x1)} points ({params.numel()} parameters, Jacobian budget "
+            f"out of memory computing the NTK on {len(x1)} points ({params.numel()} parameters, memory budget "
             f"{max_memory / 2**20:.0f} MiB): lower --kernel-memory (smaller blocks) or --kernel-n (fewer points)"
         ) from None
+
+
+def _ntk_structured(
+    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int
+) -> torch.Tensor:
+    w = params.detach()
+    factors1 = model.tangent_factors(w, x1)
+    factors2 = factors1 if x2 is None else model.tangent_factors(w, x2)
+    n2 = len(x1) if x2 is None else len(x2)
+    out = params.new_zeros(len(x1), n2)
+    # two (rows x n2) Gram temporaries per layer are live at once
+    rows = _block_rows(n2, params.element_size(), max_memory, 2)
+    for i in range(0, len(x1), rows):
+        block = out[i : i + rows]
+        for (a1, d1), (a2, d2) in zip(factors1, factors2):
+            block.addcmul_(a1[i : i + rows] @ a2.T, d1[i : i + rows] @ d2.T)
+    return out
 
 
 def _ntk_blocked(

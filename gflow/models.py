@@ -68,13 +68,34 @@ class FullyConnected(nn.Module):
         _reset(self.weights, self.init_std, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x
-        last = len(self.weights) - 1
-        for i, (w, c) in enumerate(zip(self.weights, self.multipliers)):
-            z = z @ w.T * c
+        return self._forward(list(self.weights), x)[0]
+
+    def _forward(
+        self, weights: list[torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """f(x), and for each layer l its input a_l and its product u_l = a_l W_l^T."""
+        z, inputs, products = x, [], []
+        last = len(weights) - 1
+        for i, (w, c) in enumerate(zip(weights, self.multipliers)):
+            inputs.append(z)
+            products.append(z @ w.T)
+            z = products[-1] * c
             if i < last:
                 z = self.phi(z)
-        return self.kappa * z.squeeze(-1)
+        return self.kappa * z.squeeze(-1), inputs, products
+
+    def tangent_factors(self, weights: list[torch.Tensor], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each layer l, (a_l, delta_l) with delta_l[i] = d f(x_i) / d u_l[i], so that the
+        per-sample gradient is the outer product d f(x_i) / d W_l = delta_l[i]^T a_l[i].
+
+        One forward and one backward of the batch: samples do not interact, so the gradient
+        of sum_i f(x_i) with respect to u_l holds every sample's delta_l at once. The graph
+        is recorded from the input (a leaf), so the weights need not require gradients.
+        """
+        with torch.enable_grad():
+            f, inputs, products = self._forward([w.detach() for w in weights], x.detach().requires_grad_(True))
+            deltas = torch.autograd.grad(f.sum(), products)
+        return [(a.detach(), d) for a, d in zip(inputs, deltas)]
 
 
 def _scales(fan_ins: list[int], width: int, parametrization: str) -> tuple[list[float], list[float]]:
@@ -154,6 +175,15 @@ class FlatModel:
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, self.params(w), (x,))
 
+    @property
+    def has_tangent_factors(self) -> bool:
+        """Whether the architecture gives its per-sample gradients as outer products (dense layers)."""
+        return hasattr(self.module, "tangent_factors")
+
+    def tangent_factors(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The module's (a_l, delta_l) per layer at parameters ``w`` (see FullyConnected)."""
+        return self.module.tangent_factors(list(self.params(w).values()), x)
+
 
 def build_model(
     d: int, arch: str, depth: int, width: int, act: str, parametrization: str, kappa: float,
@@ -187,3 +217,11 @@ class Linearized:
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         f0, df = jvp(lambda p: self.model(p, x), (self.w0,), (w - self.w0,))
         return f0 + df
+
+    @property
+    def has_tangent_factors(self) -> bool:
+        return self.model.has_tangent_factors
+
+    def tangent_factors(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Those of the network at w0 for every w: the linearised model's Jacobian is J0."""
+        return self.model.tangent_factors(self.w0, x)

@@ -19,7 +19,7 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
         traj = open_trajectory(path)
         cfg = traj.config
         rows.append({
-            "file": str(path), "alpha": cfg.alpha, "width": cfg.width, "t_end": float(traj.save_times[-1]),
+            "file": str(path), "alpha": cfg.alpha, "width": cfg.width, "seed": cfg.seed, "t_end": float(traj.save_times[-1]),
             "t1_linearization": traj.t1("linearization", eps), "t1_kernel": traj.t1("kernel", eps),
             "t1_curvature": traj.t1("curvature"),
         })
@@ -52,10 +52,13 @@ def output_distance(a: str | Path, b: str | Path) -> tuple[np.ndarray, np.ndarra
 
 
 def t1_scaling(
-    base: "RunConfig", widths: Sequence[int], alphas: Sequence[float], directory: str | Path, eps: float = 0.1  # noqa: F821
+    base: "RunConfig", widths: Sequence[int], alphas: Sequence[float], directory: str | Path,  # noqa: F821
+    eps: float = 0.1, seeds: Sequence[int] = (0,),
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Runs over widths x alphas (feature regime) and the fit of t1 ~ alpha^a h^b (seed 000,
-    finding (iv): a = 1, b = 1/2), with the final kernel change of each run."""
+    """Runs over widths x alphas x seeds (feature regime) and the fit of t1 ~ alpha^a h^b
+    over every run (seed 000, finding (iv): a = 1, b = 1/2), with the final kernel change of
+    each run. Several seeds average out the initialisation's fluctuations of t1, which are
+    largest at small width."""
     from .run import run
 
     directory = Path(directory)
@@ -63,10 +66,11 @@ def t1_scaling(
     paths = []
     for h in widths:
         for a in alphas:
-            path = directory / f"t1-h{h}-a{a:g}.h5"
-            if not path.exists():
-                run(base.replace(width=h, alpha=a), path, progress=False)
-            paths.append(path)
+            for seed in seeds:
+                path = directory / f"t1-h{h}-a{a:g}-s{seed}.h5"
+                if not path.exists():
+                    run(base.replace(width=h, alpha=a, seed=seed), path, progress=False)
+                paths.append(path)
     table = t1_table(paths, eps)
     table["sqrt_h_alpha"] = np.sqrt(table["width"]) * table["alpha"]
     table["kernel_change_end"] = [open_trajectory(p).kernel_change()[1][-1] for p in paths]

@@ -13,37 +13,73 @@ def flow():
     return gflow.build(SMALL)
 
 
-def test_ntk_matches_a_per_sample_autograd_loop(flow):
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_ntk_matches_a_per_sample_autograd_loop(flow, method):
     w = flow.w0 + 0.3 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(0))
     x1, x2 = flow.x_train[:40], flow.x_train[20:60]
     reference = ntk_loop(flow.model, w, x1, x2)
-    assert torch.allclose(gflow.ntk(flow.model, w, x1, x2), reference, rtol=0, atol=1e-10 * float(reference.abs().max()))
-    sym = gflow.ntk(flow.model, w, x1)
+    theta = gflow.ntk(flow.model, w, x1, x2, method=method)
+    assert torch.allclose(theta, reference, rtol=0, atol=1e-10 * float(reference.abs().max()))
+    sym = gflow.ntk(flow.model, w, x1, method=method)
     assert torch.allclose(sym, ntk_loop(flow.model, w, x1), rtol=0, atol=1e-10 * float(sym.abs().max()))
-    assert torch.equal(sym, sym.T) or torch.allclose(sym, sym.T, atol=1e-13)
+    assert torch.allclose(sym, sym.T, rtol=0, atol=1e-13 * float(sym.abs().max()))
 
 
+@pytest.mark.parametrize("parametrization", ["ntk", "mean-field", "standard"])
+@pytest.mark.parametrize("act", ["softplus", "relu", "tanh"])
+def test_structured_ntk_matches_the_loop_for_every_parametrization_and_activation(parametrization, act):
+    flow = gflow.build(SMALL.replace(parametrization=parametrization, act=act, depth=2, kappa=0.5))
+    w = flow.w0 + 0.3 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(1))
+    x = flow.x_train[:30]
+    reference = ntk_loop(flow.model, w, x)
+    assert torch.allclose(ntk(flow.model, w, x, method="structured"), reference,
+                          rtol=0, atol=1e-10 * float(reference.abs().max()))
+
+
+def test_ntk_of_the_linearized_model_is_the_initial_kernel_at_every_w():
+    flow = gflow.build(SMALL.replace(linearized=True))
+    w = flow.w0 + 0.3 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(2))
+    x = flow.x_train[:25]
+    theta0 = ntk_loop(flow.model.model, flow.w0, x)
+    for method in ("structured", "jacobian"):
+        assert torch.allclose(ntk(flow.model, w, x, method=method), theta0, rtol=0, atol=1e-10 * float(theta0.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
 @pytest.mark.parametrize("rows", [1, 7, 25])
-def test_blocked_kernel_under_a_memory_budget_equals_the_full_one(flow, rows):
+def test_blocked_kernel_under_a_memory_budget_equals_the_full_one(flow, rows, method):
     x = flow.x_train[:50]
-    full = ntk(flow.model, flow.w0, x)
-    budget = 2 * rows * flow.n_params * 8  # forces blocks of `rows` rows on both sides
-    assert torch.allclose(ntk(flow.model, flow.w0, x, max_memory=budget), full, rtol=1e-12, atol=1e-12)
-    assert torch.allclose(ntk(flow.model, flow.w0, x, x[:13], max_memory=budget), full[:, :13], rtol=1e-12, atol=1e-12)
+    full = ntk(flow.model, flow.w0, x, method=method)
+    # forces blocks of `rows` rows: two rows of Jacobian each side, or two Gram rows of width n2
+    row_size = flow.n_params if method == "jacobian" else len(x)
+    budget = 2 * rows * row_size * 8
+    assert torch.allclose(ntk(flow.model, flow.w0, x, max_memory=budget, method=method), full, rtol=1e-12, atol=1e-12)
+    budget = 2 * rows * (flow.n_params if method == "jacobian" else 13) * 8
+    assert torch.allclose(ntk(flow.model, flow.w0, x, x[:13], max_memory=budget, method=method), full[:, :13],
+                          rtol=1e-12, atol=1e-12)
 
 
-def test_kernel_memory_too_small_names_the_flag(flow):
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_kernel_memory_too_small_names_the_flag(flow, method):
     with pytest.raises(GflowError, match="kernel-memory"):
-        ntk(flow.model, flow.w0, flow.x_train[:5], max_memory=100)
+        ntk(flow.model, flow.w0, flow.x_train[:5], max_memory=10, method=method)
 
 
 def test_out_of_memory_names_the_flags_that_lower_memory_use(flow, monkeypatch):
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(gflow.kernels, "jacobian", exhausted)
+    monkeypatch.setattr(gflow.kernels, "_ntk_structured", exhausted)
     with pytest.raises(GflowError, match="out of memory computing the NTK on 30 points.*--kernel-memory.*--kernel-n"):
         ntk(flow.model, flow.w0, flow.x_train[:30])
+
+
+def test_structured_ntk_is_refused_for_a_cnn_and_unknown_methods_are_named(flow):
+    cnn = gflow.build(SMALL.replace(arch="cnn", width=4, depth=1))
+    with pytest.raises(GflowError, match="structured NTK needs dense layers.*method='jacobian'"):
+        ntk(cnn.model, cnn.w0, cnn.x_train[:3], method="structured")
+    with pytest.raises(ValueError, match="method = 'fast': must be one of auto, structured, jacobian"):
+        ntk(flow.model, flow.w0, flow.x_train[:3], method="fast")
 
 
 def test_jacobian_rows_are_per_sample_gradients(flow):
