@@ -46,6 +46,7 @@ class RunConfig:
     labels: str = "parity"
     classes: tuple[int, ...] | None = None
     pca: int | None = None
+    downsample: int = 1  # average-pool square images by this factor (28x28 -> 7x7 at 4)
     dim: int = 10
     data_seed: int = 0
     # network
@@ -83,7 +84,7 @@ class RunConfig:
     # kernel snapshots (kernel_n = 0: none during the run; they can be computed afterwards)
     kernel_n: int = 0
     kernel_every: int = 10
-    kernel_memory_mb: int = 2048
+    kernel_memory_mb: int = 2048  # bound on kernel temporaries: Jacobian blocks, or Gram blocks for dense nets
     # compute
     chunk: int | None = None
     device: str = "cpu"
@@ -234,6 +235,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "ptr": _at_least(1),
     "pte": _at_least(0),
     "pca": _at_least(1),
+    "downsample": _at_least(1),
     "dim": _at_least(1),
     "data_seed": _at_least(0),
     "arch": _one_of(ARCHS),

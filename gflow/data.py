@@ -111,8 +111,11 @@ def _select(x: np.ndarray, c: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray,
 
 
 def load(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Dataset:
-    """The train and test sets of ``cfg`` (dataset, classes, labels, ptr, pte, pca, data_seed)."""
+    """The train and test sets of ``cfg`` (dataset, downsample, classes, labels, ptr, pte, pca, data_seed)."""
     (x, c), test_pool = _raw_pools(cfg)
+    if cfg.downsample > 1:
+        x = _downsample(x, cfg.downsample)
+        test_pool = None if test_pool is None else (_downsample(test_pool[0], cfg.downsample), test_pool[1])
     kept = np.array(sorted(cfg.classes)) if cfg.classes is not None else np.unique(c)
     missing = set(kept) - set(np.unique(c))
     if missing:
@@ -158,6 +161,16 @@ def load(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str | torch
         classes_train=ctr,
         classes_test=ct,
     )
+
+
+def _downsample(x: np.ndarray, k: int) -> np.ndarray:
+    """Average-pool flattened square images over k x k blocks (s x s -> s/k x s/k)."""
+    side = int(round(np.sqrt(x.shape[1])))
+    if side * side != x.shape[1] or side % k:
+        raise GflowError(f"downsample = {k}: needs square images whose side is a multiple of {k}, "
+                         f"but the inputs have d = {x.shape[1]}")
+    s = side // k
+    return x.reshape(len(x), s, k, s, k).mean(axis=(2, 4)).reshape(len(x), s * s)
 
 
 def _unit_rms(x: np.ndarray) -> np.ndarray:

@@ -87,3 +87,23 @@ def test_teacher_set_is_balanced_and_reproducible():
     assert a.x_train.shape == (200, 5)
     assert a.digest() == load(RunConfig(dataset="teacher", ptr=200, pte=100, dim=5)).digest()
     assert abs(float(a.y_train.mean())) < 0.3
+
+
+def test_downsample_averages_square_blocks_of_each_image():
+    from sklearn.datasets import load_digits
+
+    from gflow.data import _downsample
+
+    raw = load_digits().data[:5]
+    pooled = _downsample(raw, 2)
+    assert pooled.shape == (5, 16)
+    images = raw.reshape(5, 8, 8)
+    assert pooled[3, 1 * 4 + 2] == pytest.approx(images[3, 2:4, 4:6].mean())
+    data = load(RunConfig(ptr=50, pte=10, downsample=2))
+    assert data.x_train.shape == (50, 16) and data.x_test.shape == (10, 16)
+    assert np.allclose(np.linalg.norm(data.x_train.numpy(), axis=1), 4.0)  # norm sqrt(d) after pooling
+
+
+def test_downsample_that_does_not_divide_the_side_is_a_clear_error():
+    with pytest.raises(GflowError, match="downsample = 3: needs square images whose side is a multiple of 3"):
+        load(RunConfig(ptr=50, pte=10, downsample=3))
