@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     if args.quick:
-        args.points, args.width = [50, 100], 32
+        args.points, args.width, args.reference_max = [50, 100], 32, 50
     n_max = max(args.points)
     flow = build(RunConfig(ptr=min(n_max, 1797), pte=0, width=args.width))
     x_all = flow.x_train

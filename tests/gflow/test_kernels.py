@@ -111,3 +111,20 @@ def test_ntk_of_a_cnn_matches_the_per_sample_loop():
     flow = gflow.build(RunConfig(arch="cnn", ptr=12, pte=4, width=4, depth=2))
     theta = ntk(flow.model, flow.w0, flow.x_train)
     assert torch.allclose(theta, ntk_loop(flow.model, flow.w0, flow.x_train), rtol=1e-12, atol=1e-14)
+
+
+def test_kernel_benchmark_runs_on_a_tiny_problem_and_checks_agreement(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    proc = subprocess.run([sys.executable, "benchmarks/bench_kernels.py", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "kernels.csv")
+    assert list(table["points"]) == [50, 100]
+    assert (table["max_abs_diff_over_max"] < 1e-10).all()
+    full, sub_block = table.iloc[0], table.iloc[1]
+    assert full["loop_s"] > 0 and full["jjt_s"] > 0 and full["jacobian_path_s"] > 0
+    assert pd.isna(sub_block["loop_s"])  # above --reference-max: checked on a sub-block only
