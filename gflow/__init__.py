@@ -13,8 +13,8 @@ from .flow import GradientFlow, build
 from .kernels import ntk
 from .run import resume, run
 from .store import Trajectory
-from .sweep import Sweep, run_sweep
 from .store import open_trajectory as open
+from .sweep import Sweep, run_sweep
 
 __all__ = [
     "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Sweep", "Trajectory", "build",

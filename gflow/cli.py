@@ -7,11 +7,12 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
-from .config import RunConfig, _TYPES
+from .config import _TYPES, RunConfig
 from .errors import GflowError
 from .plots import KINDS
 from .sweep import ENGINES

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from solvers.torchdiffeq_backend import FIXED, METHODS
 
@@ -119,7 +120,7 @@ class RunConfig:
         """True when the ODE is the momentum flow (state (w, v))."""
         return self.solver == "momentum" or self.flow == "momentum"
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +133,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -140,7 +141,7 @@ class RunConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "config") -> "RunConfig":
+    def from_json(cls, text: str, source: str = "config") -> RunConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -150,7 +151,7 @@ class RunConfig:
         return cls.from_dict(data, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         """Read a TOML file of RunConfig fields (a ``[run]`` table or top-level keys)."""
         data = read_toml(path, "config")
         if set(data) == {"run"} and isinstance(data["run"], dict):

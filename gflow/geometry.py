@@ -14,9 +14,10 @@ Jacobian or Hessian is ever formed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+import numpy as np
 import torch
 from torch.func import jvp
 
@@ -65,11 +66,9 @@ def linearization_gap(model: Model, w0: torch.Tensor, w: torch.Tensor, x: torch.
     return float((f - f0 - df).norm()) / moved if moved > 0 else 0.0
 
 
-def first_crossing(times: "np.ndarray", values: "np.ndarray", eps: float) -> float:  # noqa: F821
+def first_crossing(times: np.ndarray, values: np.ndarray, eps: float) -> float:
     """The first time ``values`` exceeds ``eps``, interpolated linearly in log t between the
     two saves that bracket the crossing; inf when it never does (the run ended first)."""
-    import numpy as np
-
     above = np.flatnonzero(np.asarray(values) > eps)
     if len(above) == 0:
         return math.inf

@@ -20,7 +20,7 @@ Two ways, the first used whenever the model offers it (``method="auto"``):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import grad, vmap

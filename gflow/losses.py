@@ -10,7 +10,7 @@ converge in a time independent of alpha.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -9,7 +9,7 @@ gradient with respect to ``w`` comes out flat).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -7,8 +7,8 @@ The x axis of the collapse plots is sqrt(h) alpha, the scale that separates lazy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from .store import Trajectory
 KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble")
 
 
-def _figure(ncols: int = 1):  # noqa: ANN202 - matplotlib types
+def _figure(ncols: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +37,7 @@ def _finished(table: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
-def _per_width(ax, table: pd.DataFrame, column: str) -> None:  # noqa: ANN001
+def _per_width(ax, table: pd.DataFrame, column: str) -> None:
     """Mean over seeds of ``column`` against sqrt(h) alpha, one line per width."""
     for width, group in table.groupby("width"):
         mean = group.groupby("scale")[column].mean()
@@ -47,7 +47,7 @@ def _per_width(ax, table: pd.DataFrame, column: str) -> None:  # noqa: ANN001
     ax.legend(fontsize=8)
 
 
-def test_error_figure(directory: str | Path):  # noqa: ANN201
+def test_error_figure(directory: str | Path):
     """Test error vs sqrt(h) alpha, one line per h: feature (left) vs lazy (right) performance."""
     fig, axes = _figure()
     _per_width(axes[0, 0], _finished(catalog(directory)), "test_err")
@@ -56,7 +56,7 @@ def test_error_figure(directory: str | Path):  # noqa: ANN201
     return fig
 
 
-def kernel_change_figure(directory: str | Path):  # noqa: ANN201
+def kernel_change_figure(directory: str | Path):
     """||Theta(T) - Theta(0)|| / ||Theta(0)|| vs sqrt(h) alpha: the curves for all h collapse."""
     table = _finished(catalog(directory)).dropna(subset=["kernel_change"])
     if table.empty:
@@ -69,7 +69,7 @@ def kernel_change_figure(directory: str | Path):  # noqa: ANN201
     return fig
 
 
-def learning_curves_figure(directory: str | Path):  # noqa: ANN201
+def learning_curves_figure(directory: str | Path):
     """Test error vs t, and vs t / (sqrt(h) alpha), one curve per run (seed 0 only)."""
     table = _finished(catalog(directory))
     table = table[table["seed"] == table["seed"].min()]
@@ -91,7 +91,7 @@ def learning_curves_figure(directory: str | Path):  # noqa: ANN201
     return fig
 
 
-def phase_figure(directory: str | Path):  # noqa: ANN201
+def phase_figure(directory: str | Path):
     """The (h, alpha) plane coloured by final test error, with the line alpha* = 1/sqrt(h)."""
     table = _finished(catalog(directory))
     mean = table.groupby(["width", "alpha"])["test_err"].mean().reset_index()
@@ -110,7 +110,7 @@ def phase_figure(directory: str | Path):  # noqa: ANN201
     return fig
 
 
-def ensemble_figure(directory: str | Path):  # noqa: ANN201
+def ensemble_figure(directory: str | Path):
     """Test error of the mean predictor and fluctuations delta_F vs h, one line per alpha."""
     ens = ensemble(directory)
     exponents = fluctuation_exponents(ens).set_index("alpha")["delta_F_exponent"]
@@ -151,7 +151,7 @@ def plot(directory: str | Path, kind: str, out: str | Path) -> Path:
     return out
 
 
-def _colormap():  # noqa: ANN202
+def _colormap():
     import matplotlib
 
     return matplotlib.colormaps["viridis"]

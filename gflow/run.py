@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from solvers import (Adaptive, Chebyshev, Condition, Counters, Euler, ExactMomentum, GradientRatio, LocalError,
-                     MaxSteps, RatioTarget, Stop, TorchDiffEq, WallClock, integrate)
+from solvers import (
+    Adaptive,
+    Chebyshev,
+    Condition,
+    Counters,
+    Euler,
+    ExactMomentum,
+    GradientRatio,
+    LocalError,
+    MaxSteps,
+    RatioTarget,
+    Stop,
+    TorchDiffEq,
+    WallClock,
+    integrate,
+)
 from solvers.events import Event
 from solvers.method import Method
 

@@ -6,16 +6,17 @@ another format or a newer version with one clear error naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import platform
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-import contextlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -28,6 +29,9 @@ from .errors import FileFormatError, GflowError, RunBusy
 from .flow import GradientFlow
 from .geometry import Curvature, curvature, first_crossing, linearization_gap
 from .kernels import ntk, relative_change
+
+if TYPE_CHECKING:  # pandas is imported only when a table is read
+    import pandas as pd
 
 FORMAT = "gflow-trajectory"
 FORMAT_VERSION = 2
@@ -380,7 +384,7 @@ class Trajectory:
         self.config = RunConfig.from_json(self.attrs["config"], f"{self.path} /config")
         self._flow: GradientFlow | None = None
 
-    def _file(self) -> "contextlib.AbstractContextManager[h5py.File]":
+    def _file(self) -> contextlib.AbstractContextManager[h5py.File]:
         return _open(self.path)
 
     @property
@@ -449,7 +453,7 @@ class Trajectory:
         """dy/dt at the i-th save."""
         return torch.from_numpy(self._row("saves/dstate", i))
 
-    def _table(self, group: str, columns: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
+    def _table(self, group: str, columns: Sequence[str]) -> pd.DataFrame:
         import pandas as pd
 
         with self._file() as f:
@@ -457,12 +461,12 @@ class Trajectory:
             return pd.DataFrame({c: f[f"{group}/{c}"][:n] for c in columns})
 
     @property
-    def steps(self) -> "pd.DataFrame":  # noqa: F821
+    def steps(self) -> pd.DataFrame:
         """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
         return self._table("steps", STEP_COLUMNS)
 
     @property
-    def saves(self) -> "pd.DataFrame":  # noqa: F821
+    def saves(self) -> pd.DataFrame:
         """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
         return self._table("saves", SAVE_SCALARS)
 

@@ -26,10 +26,11 @@ import multiprocessing
 import os
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -49,7 +50,7 @@ class Sweep:
     grid: dict[str, list[Any]]
 
     @classmethod
-    def load(cls, path: str | Path) -> "Sweep":
+    def load(cls, path: str | Path) -> Sweep:
         data = read_toml(path, "sweep")
         unknown = sorted(set(data) - {"base", "grid"})
         if unknown:
@@ -241,7 +242,8 @@ def _local_engine(workers: int) -> Submit:
 
 def _dask_engine(workers: int, scheduler: str | None) -> Submit:
     try:
-        from dask.distributed import Client, LocalCluster, as_completed as dask_completed
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_completed
     except ImportError:
         raise GflowError("--engine dask needs Dask distributed: pip install 'gflow[dask]'") from None
 

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .config import RunConfig
 from .store import open_trajectory
 
 
@@ -52,7 +53,7 @@ def output_distance(a: str | Path, b: str | Path) -> tuple[np.ndarray, np.ndarra
 
 
 def t1_scaling(
-    base: "RunConfig", widths: Sequence[int], alphas: Sequence[float], directory: str | Path,  # noqa: F821
+    base: RunConfig, widths: Sequence[int], alphas: Sequence[float], directory: str | Path,
     eps: float = 0.1, seeds: Sequence[int] = (0,),
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Runs over widths x alphas x seeds (feature regime) and the fit of t1 ~ alpha^a h^b
@@ -78,7 +79,7 @@ def t1_scaling(
 
 
 def lazy_distance_scaling(
-    base: "RunConfig", alphas: Sequence[float], directory: str | Path  # noqa: F821
+    base: RunConfig, alphas: Sequence[float], directory: str | Path
 ) -> tuple[pd.DataFrame, float]:
     """Network vs its linearisation from the same initialisation, at t = base.t_end, for each
     alpha; the fitted exponent of the distance in alpha (seed 002: -1)."""

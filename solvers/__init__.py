@@ -8,9 +8,16 @@ method is a stepper under a controller (:class:`Adaptive`) or a torchdiffeq solv
 """
 
 from .adaptive import Adaptive
-from .dense import hermite
 from .chebyshev import Chebyshev
-from .controllers import Controller, Decision, FixedStep, GradientRatio, LocalError, RatioTarget
+from .controllers import (
+    Controller,
+    Decision,
+    FixedStep,
+    GradientRatio,
+    LocalError,
+    RatioTarget,
+)
+from .dense import hermite
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
 from .integrate import Counters, Solution, integrate
 from .method import Method, Segment

@@ -8,8 +8,9 @@ non-finite evaluation and a collapsing step size are handled by the entry point 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 from .problem import Evaluation
 

@@ -9,7 +9,8 @@ restarts its step-size search), and the stop, if any.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from .events import Stop
 from .problem import CountingProblem, Evaluation

@@ -8,9 +8,10 @@ full-batch forward+backward pass, so evaluations are the unit of cost and are co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

@@ -6,7 +6,12 @@ import torch
 
 import gflow
 from gflow import RunConfig
-from gflow.geometry import curvature, directional_derivatives, first_crossing, linearization_gap
+from gflow.geometry import (
+    curvature,
+    directional_derivatives,
+    first_crossing,
+    linearization_gap,
+)
 from gflow.models import Linearized
 
 

@@ -114,7 +114,7 @@ def test_damaged_trajectories_give_a_clean_error_or_a_readable_file(good, tmp_pa
     path.write_bytes(bytes(data))
     try:
         traj = gflow.open(path)
-        traj.status, traj.summary(), traj.outputs(-1), traj.steps  # noqa: B018 - the queries are the test
+        traj.status, traj.summary(), traj.outputs(-1), traj.steps
     except (FileFormatError, GflowError, IndexError):
         pass
 

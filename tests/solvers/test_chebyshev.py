@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from solvers import Adaptive, Chebyshev, CountingProblem, FixedStep, FunctionProblem, LocalError, integrate
+from solvers import (
+    Adaptive,
+    Chebyshev,
+    CountingProblem,
+    FixedStep,
+    FunctionProblem,
+    LocalError,
+    integrate,
+)
 from solvers.chebyshev import DAMPING, stability_bound
 
 

@@ -3,9 +3,17 @@ import math
 import pytest
 import torch
 
-from solvers import Adaptive, Euler, FixedStep, FunctionProblem, GradientRatio, Observer, RatioTarget, integrate
+from solvers import (
+    Adaptive,
+    Euler,
+    FixedStep,
+    FunctionProblem,
+    GradientRatio,
+    Observer,
+    RatioTarget,
+    integrate,
+)
 from solvers.controllers import gradient_turn
-
 
 
 class Steps(Observer):

@@ -3,8 +3,18 @@ import math
 import pytest
 import torch
 
-from solvers import (Adaptive, Condition, Euler, FixedStep, FunctionProblem, GradientRatio, MaxSteps,
-                     Observer, WallClock, integrate)
+from solvers import (
+    Adaptive,
+    Condition,
+    Euler,
+    FixedStep,
+    FunctionProblem,
+    GradientRatio,
+    MaxSteps,
+    Observer,
+    WallClock,
+    integrate,
+)
 
 from .problems import decay
 
