@@ -127,7 +127,14 @@ def test_two_sweeps_on_one_directory_run_each_run_exactly_once(tmp_path):
 def test_shipped_experiments_are_valid_sweeps():
     for name in NAMES:
         runs = Sweep.load(sweep_file(name)).runs()
-        assert len(runs) >= 27 and all(r.stop_margin == 1.0 and r.kernel_n > 0 for r in runs)
+        assert all(r.stop_margin == 1.0 and r.kernel_n > 0 for r in runs)
+        alphas = sorted({r.alpha for r in runs})
+        assert alphas[0] <= 1e-2 and alphas[-1] >= 1e2  # both regimes: feature and lazy
+        assert len({r.seed for r in runs}) >= 2  # seeds, for ensemble averages
+        if name == "cnn":
+            assert all(r.arch == "cnn" and r.dataset == "fashion-mnist" for r in runs)
+        else:  # phase diagrams: alpha x h x seed
+            assert len(runs) >= 27 and len(alphas) >= 5 and len({r.width for r in runs}) >= 3
     with pytest.raises(GflowError, match="experiment 'cifar'"):
         sweep_file("cifar")
 
