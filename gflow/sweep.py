@@ -24,6 +24,9 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -229,10 +232,27 @@ def run_sweep(
 Submit = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], Iterator[dict[str, str]]]
 
 
+def _stop_when_orphaned(parent: int, grace: float = 60.0) -> None:
+    """Worker initializer: when the sweep's process dies (killed, or signalled alone by a
+    job scheduler), the worker sends itself SIGTERM, so its run stops cleanly (saved,
+    status ``stopped``, resumable), and exits after ``grace`` seconds rather than take
+    more runs from the dead sweep's queue unsupervised."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _local_engine(workers: int) -> Submit:
     def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
         # spawn, not fork: forking a process that has started torch's thread pools can hang
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_stop_when_orphaned, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(fn, *t) for t in tasks]
             for future in as_completed(futures):
                 yield future.result()

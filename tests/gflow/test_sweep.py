@@ -153,3 +153,30 @@ def test_ensemble_mean_predictor_and_fluctuations_match_a_direct_computation(tmp
     y = trajs[0].read("data/y_test")
     assert row["delta_F"] == pytest.approx(np.sqrt(((f - f.mean(0)) ** 2).mean()), rel=1e-12)
     assert row["ensemble_test_err"] == pytest.approx(np.mean(np.sign(f.mean(0)) != y))
+
+
+def test_killing_the_sweep_process_stops_its_workers_runs_cleanly(tmp_path):
+    import signal
+
+    path = tmp_path / "sweep.toml"
+    # tiny steps: the runs could not finish in minutes
+    path.write_text(TINY.replace("t_end = 5.0", "t_end = 1e9\nmax_dgrad = 1e-12").replace("width = [6, 12]", "width = [6]"))
+    out = tmp_path / "runs"
+    sweep = subprocess.Popen([sys.executable, "-m", "gflow.cli", "sweep", str(path), "--out", str(out), "--workers", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.h5"))) < 2 or any(gflow.open(f).saves.empty for f in out.glob("*.h5")):
+        assert time.monotonic() < deadline, "the sweep's runs did not start"
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGKILL)  # the parent dies without a chance to clean up
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while any(gflow.open(f).status == "running" for f in out.glob("*.h5")):
+        assert time.monotonic() < deadline, "orphaned workers kept integrating"
+        time.sleep(0.5)
+    for f in out.glob("*.h5"):
+        traj = gflow.open(f)
+        assert traj.status == "stopped" and "SIGTERM" in traj.stop_reason
+        steps = traj.summary()["step"]
+        time.sleep(1.0)
+        assert gflow.open(f).summary()["step"] == steps
