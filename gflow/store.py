@@ -34,10 +34,13 @@ if TYPE_CHECKING:  # pandas is imported only when a table is read
     import pandas as pd
 
 FORMAT = "gflow-trajectory"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Version 2 lacks /steps/error_ratio; it is read (the column reads as NaN) and upgraded on resume.
+READ_VERSIONS = (2, 3)
 REASON_BYTES = 512
 
-STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "rejected", "evals", "wall")
+STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected", "evals", "wall")
+ADDED_IN_3 = ("steps/error_ratio",)
 SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
 REQUIRED = (
     "run/status", "run/stop_reason", "run/next_dt", "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
@@ -120,6 +123,7 @@ class TrajectoryWriter(Observer):
                     raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
                 _rewrite_complete_saves(self.path, flow.cfg.to_json())
                 self.file = h5py.File(self.path, "r+", libver="latest")
+                _upgrade(self.file)
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
             else:
@@ -206,7 +210,7 @@ class TrajectoryWriter(Observer):
         ev = record.ev
         self._rows.append((
             ev.t, record.dt, float(ev.aux["loss"]), float(ev.aux["grad"].norm()),
-            record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan),
+            record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
             record.rejected, record.evals, record.wall,
         ))
 
@@ -335,6 +339,19 @@ def _open(path: Path) -> Iterator[h5py.File]:
         raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({str(e).splitlines()[0]})") from None
 
 
+def _upgrade(f: h5py.File) -> None:
+    """Bring a version-2 file opened for resuming to version 3: its earlier steps get NaN
+    error ratios (they were not recorded). Runs before SWMR mode, which forbids new datasets."""
+    if int(f.attrs["format_version"]) >= 3:
+        return
+    n = _committed(f, "steps/t")
+    for name in ADDED_IN_3:
+        group, column = name.split("/")
+        _table(f[group], column)
+        _append(f[name], np.full(n, np.nan))
+    f.attrs["format_version"] = FORMAT_VERSION
+
+
 def _committed(f: h5py.File, name: str) -> int:
     """Rows of ``name`` that belong to complete saves (or complete kernel snapshots):
     a reader running beside the writer may see tables one row ahead of the marker."""
@@ -344,7 +361,7 @@ def _committed(f: h5py.File, name: str) -> int:
     if group == "kernel":
         return f["kernel/t"].shape[0]
     if group == "steps":
-        return min(f[f"steps/{c}"].shape[0] for c in STEP_COLUMNS)
+        return min(f[f"steps/{c}"].shape[0] for c in STEP_COLUMNS if c in f["steps"])
     return f[name].shape[0] if f[name].shape else 0
 
 
@@ -359,12 +376,14 @@ def _check(path: Path) -> None:
             version = int(f.attrs.get("format_version", -1))
         except (TypeError, ValueError):
             version = -1
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise FileFormatError(
-                f"{path}: trajectory format version {version}; this gflow reads version {FORMAT_VERSION}"
-                + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
+                f"{path}: trajectory format version {version}; this gflow reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}" + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
             )
         for name in REQUIRED:
+            if version < 3 and name in ADDED_IN_3:
+                continue
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
         n = f["saves/t"].shape[0]
@@ -458,7 +477,8 @@ class Trajectory:
 
         with self._file() as f:
             n = _committed(f, f"{group}/{columns[0]}")
-            return pd.DataFrame({c: f[f"{group}/{c}"][:n] for c in columns})
+            # A column added by a later format version reads as NaN in an older file.
+            return pd.DataFrame({c: f[f"{group}/{c}"][:n] if c in f[group] else np.full(n, np.nan) for c in columns})
 
     @property
     def steps(self) -> pd.DataFrame:

@@ -38,8 +38,53 @@ def test_a_newer_format_version_asks_for_an_upgrade(good, tmp_path):
     path = _copy(good, tmp_path)
     with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = 99
-    with pytest.raises(FileFormatError, match="format version 99; this gflow reads version 2 .upgrade gflow."):
+    with pytest.raises(FileFormatError, match="format version 99; this gflow reads versions 2, 3 .upgrade gflow."):
         gflow.open(path)
+
+
+def test_a_version_1_file_is_rejected_without_an_upgrade_hint(good, tmp_path):
+    path = _copy(good, tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 1
+    with pytest.raises(FileFormatError, match=r"format version 1; this gflow reads versions 2, 3$"):
+        gflow.open(path)
+
+
+def _as_version_2(path):
+    """What gflow wrote before version 3: no /steps/error_ratio."""
+    with h5py.File(path, "r+") as f:
+        del f["steps/error_ratio"]
+        f.attrs["format_version"] = 2
+
+
+def test_a_version_2_file_reads_with_nan_error_ratios(good, tmp_path):
+    path = _copy(good, tmp_path)
+    _as_version_2(path)
+    traj = gflow.open(path)
+    new = gflow.open(good)
+    assert traj.steps["error_ratio"].isna().all()
+    assert traj.steps.drop(columns="error_ratio").equals(new.steps.drop(columns="error_ratio"))
+
+
+def test_resuming_a_version_2_file_upgrades_it_in_place(tmp_path):
+    cfg = CFG.replace(solver="chebyshev", rtol=1e-5, atol=1e-8)
+    part = gflow.run(cfg.replace(max_steps=5), tmp_path / "v2.h5", progress=False)
+    _as_version_2(part.path)
+    done = gflow.resume(part.path, max_steps=10**6, progress=False)
+    assert done.status == "finished"
+    with h5py.File(done.path, "r") as f:
+        assert f.attrs["format_version"] == 3
+    ratios = done.steps["error_ratio"].to_numpy()
+    assert np.isnan(ratios[:5]).all() and np.isfinite(ratios[5:]).all() and len(ratios) > 5
+
+
+def test_the_step_table_records_the_ratio_the_controller_measured(tmp_path):
+    """Accepted steps have every ratio at most 1; a ratio the controller does not measure is NaN."""
+    cheb = gflow.run(CFG.replace(solver="chebyshev", rtol=1e-4, atol=1e-7), tmp_path / "c.h5", progress=False).steps
+    paper = gflow.run(CFG, tmp_path / "p.h5", progress=False).steps
+    assert (cheb["error_ratio"] <= 1).all() and (cheb["error_ratio"] > 0).any()
+    assert cheb["dgrad_ratio"].isna().all()
+    assert paper["error_ratio"].isna().all() and (paper["dgrad_ratio"] < 1).all()
 
 
 def test_a_missing_dataset_is_named(good, tmp_path):
