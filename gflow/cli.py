@@ -213,7 +213,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("reproduce", help="run one of the paper's experiments and draw its figures")
-    p.add_argument("name", help="digits (FC, 2 cores, about 10 minutes), fashion (FC at the paper's size: cluster work) or cnn (small CNN on 7x7 Fashion-MNIST: hours)")
+    p.add_argument("name", help="digits (FC, 2 cores, about 10 minutes), fashion (FC at the paper's size: cluster work) or cnn (small CNN on 7x7 Fashion-MNIST: about an hour)")
     p.add_argument("--out", help="directory (default: ./NAME)")
     p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--workers", type=int)
