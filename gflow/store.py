@@ -349,7 +349,7 @@ def _upgrade(f: h5py.File) -> None:
         group, column = name.split("/")
         _table(f[group], column)
         _append(f[name], np.full(n, np.nan))
-    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["format_version"] = 3  # not FORMAT_VERSION: a later version's additions are not made here
 
 
 def _committed(f: h5py.File, name: str) -> int:
