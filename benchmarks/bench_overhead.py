@@ -3,8 +3,9 @@
     python benchmarks/bench_overhead.py [--quick]
 
 Same as `gflow bench overhead`: runs the default `gflow run` (digits, FC L=3 h=100, the
-paper's stepper, t_end 1e4, 100 saves) with and without storage, and prints the ratios.
-Run it on an otherwise idle machine: the ratios are of wall times.
+paper's stepper, t_end 1e4, 100 saves) with and without storage, and prints the ratios
+(see gflow.bench.overhead for how each is measured). Run it on an otherwise idle machine:
+the ratios are of wall times.
 """
 
 import sys

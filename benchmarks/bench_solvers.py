@@ -2,8 +2,8 @@
 
     python benchmarks/bench_solvers.py [--problems digits-gf-a1 ...] [--quick]
 
-Same as `gflow bench solvers`: prints the table, writes benchmarks/results/solvers.csv,
-work_precision.png and storage_overhead.txt.
+Same as `gflow bench solvers`: prints the table, writes benchmarks/results/solvers.csv
+and work_precision.png.
 """
 
 import sys

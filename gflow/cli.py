@@ -95,7 +95,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.which == "overhead":
         cfg = RunConfig(t_end=100.0) if args.quick else RunConfig()  # the default run and save policy
-        numbers = bench.overhead(cfg, repeats=1 if args.quick else 2)
+        numbers = bench.overhead(cfg, repeats=1 if args.quick else 3)
         for k, v in numbers.items():
             print(f"{k:24s} {v:.4g}")
         (out / "overhead.json").write_text(json.dumps(numbers, indent=1) + "\n")

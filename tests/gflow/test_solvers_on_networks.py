@@ -98,3 +98,14 @@ def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
     assert (table["status"] == "finished").all() and (table["error"] < 0.1).all()
     assert (tmp_path / "work_precision.png").stat().st_size > 10_000
     assert "dopri5" in capsys.readouterr().out
+
+
+def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp_path):
+    from gflow.bench import overhead
+
+    numbers = overhead(TINY, repeats=1)
+    plain = gflow.run(TINY, tmp_path / "plain.h5", progress=False)
+    assert numbers["evals"] == plain.summary()["evals"]
+    # The writer does real work (a file per save) but is a part of the run, not all of it.
+    assert 0 < numbers["storage_share"] < 1
+    assert all(np.isfinite(v) and v > 0 for v in numbers.values()), numbers
