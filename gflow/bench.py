@@ -9,6 +9,7 @@ time, wall time per evaluation over the raw cost of one full-batch forward+backw
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -170,10 +171,30 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     }
 
 
+def _selected(v: Variant, methods: list[str] | None, tolerances: list[float] | None) -> bool:
+    return ((not methods or v.label in methods or v.fields["solver"] in methods)
+            and (not tolerances or any(math.isclose(v.tolerance, r) for r in tolerances)))
+
+
+def check_selection(variants: list[Variant], methods: list[str] | None, tolerances: list[float] | None) -> None:
+    """Raise ValueError naming a method (label or solver) or tolerance that none of
+    ``variants`` has: a selection must not silently benchmark nothing."""
+    labels = list(dict.fromkeys(v.label for v in variants))
+    for m in methods or []:
+        if m not in labels and all(v.fields["solver"] != m for v in variants):
+            raise ValueError(f"unknown benchmark method {m!r}; known: {', '.join(labels)}")
+    known = sorted({v.tolerance for v in variants})
+    for r in tolerances or []:
+        if not any(math.isclose(r, k) for k in known):
+            raise ValueError(f"no benchmark variant at tolerance {r:g}; known: {', '.join(f'{k:g}' for k in known)}")
+
+
 def solvers_benchmark(
-    problems: dict[str, RunConfig], variants: list[Variant] | None = None, quick: bool = False, progress: bool = True
+    problems: dict[str, RunConfig], methods: list[str] | None = None, tolerances: list[float] | None = None,
+    quick: bool = False, progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (problem, method, tolerance); see the module docstring for the columns."""
+    """One row per (problem, method, tolerance); see the module docstring for the columns.
+    ``methods`` (labels or solver names) and ``tolerances`` restrict the default variants."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in problems.items():
@@ -184,7 +205,7 @@ def solvers_benchmark(
             f_ref = reference(cfg)
             if progress:
                 print(f"[{name}] reference in {time.perf_counter() - start:.0f} s; raw fwd+bwd {raw * 1e3:.2f} ms")
-            for v in variants or default_variants(cfg.momentum, quick):
+            for v in [v for v in default_variants(cfg.momentum, quick) if _selected(v, methods, tolerances)]:
                 fields = dict(v.fields)
                 if cfg.momentum and fields["solver"] not in ("momentum",):
                     fields["flow"] = "momentum"

@@ -92,8 +92,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.which == "overhead":
+        if args.methods or args.tolerances:
+            raise GflowError("--methods and --tolerances select solver variants: they apply to `gflow bench solvers` only")
+        out.mkdir(parents=True, exist_ok=True)
         cfg = RunConfig(t_end=100.0) if args.quick else RunConfig()  # the default run and save policy
         numbers = bench.overhead(cfg, repeats=1 if args.quick else 3)
         for k, v in numbers.items():
@@ -103,11 +105,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     try:
         chosen = bench.problems(args.problems, quick=args.quick)
+        every = [v for cfg in chosen.values() for v in bench.default_variants(cfg.momentum, args.quick)]
+        bench.check_selection(every, args.methods, args.tolerances)  # before anything runs
     except ValueError as e:
         raise GflowError(str(e)) from None
+    out.mkdir(parents=True, exist_ok=True)
     tables = []
     for name, cfg in chosen.items():  # written after each problem: a long benchmark keeps what it measured
-        tables.append(bench.solvers_benchmark({name: cfg}, quick=args.quick))
+        tables.append(bench.solvers_benchmark({name: cfg}, args.methods, args.tolerances, quick=args.quick))
         pd.concat(tables).to_csv(out / "solvers.csv", index=False)
     table = pd.concat(tables)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -182,6 +187,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: work-precision of every method (solvers); cost per evaluation (overhead)")
     p.add_argument("which", choices=["solvers", "overhead"])
     p.add_argument("--problems", nargs="+", help="subset of problems (default: the digits ones)")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="solvers (solvers only): method labels such as 'gradient-ratio (paper)' or solver names "
+                        "such as chebyshev (default: all)")
+    p.add_argument("--tolerances", nargs="+", type=float, metavar="TOL",
+                   help="solvers only: keep the variants at these tolerances / bounds (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny problems, for a smoke test")
     p.add_argument("--out", default="benchmarks/results", help="directory for the CSV and the plot")
     p.set_defaults(func=_cmd_bench)

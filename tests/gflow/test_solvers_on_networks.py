@@ -1,4 +1,4 @@
-"""Every method on the network problem: convergence to a reference, dense output, the benchmark."""
+"""Every method on the network problem: convergence to a reference, dense output."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ import torch
 import gflow
 from gflow import RunConfig
 from gflow.bench import reference
-from gflow.cli import main
 
 TINY = RunConfig(ptr=30, pte=10, width=10, depth=2, t_end=5.0, saves=4, save_t_min=0.5)
 
@@ -87,25 +86,3 @@ def test_hermite_dense_output_is_fourth_order_in_save_spacing(tmp_path):
         widths.append(t2 - t1)
     orders = [np.log(errors[k] / errors[k + 1]) / np.log(widths[k] / widths[k + 1]) for k in range(2)]
     assert all(3.5 < p < 4.6 for p in orders), (errors, widths, orders)
-
-
-def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
-    assert main(["bench", "solvers", "--quick", "--out", str(tmp_path)]) == 0
-    import pandas as pd
-
-    table = pd.read_csv(tmp_path / "solvers.csv")
-    assert {"method", "tolerance", "evals", "wall_s", "per_eval_over_raw", "error"} <= set(table.columns)
-    assert (table["status"] == "finished").all() and (table["error"] < 0.1).all()
-    assert (tmp_path / "work_precision.png").stat().st_size > 10_000
-    assert "dopri5" in capsys.readouterr().out
-
-
-def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp_path):
-    from gflow.bench import overhead
-
-    numbers = overhead(TINY, repeats=1)
-    plain = gflow.run(TINY, tmp_path / "plain.h5", progress=False)
-    assert numbers["evals"] == plain.summary()["evals"]
-    # The writer does real work (a file per save) but is a part of the run, not all of it.
-    assert 0 < numbers["storage_share"] < 1
-    assert all(np.isfinite(v) and v > 0 for v in numbers.values()), numbers

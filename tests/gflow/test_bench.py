@@ -1,0 +1,64 @@
+"""The benchmarks behind `gflow bench`: work-precision of every method, cost per evaluation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gflow
+from gflow import RunConfig
+from gflow.bench import check_selection, default_variants, overhead
+from gflow.cli import main
+
+TINY = RunConfig(ptr=30, pte=10, width=10, depth=2, t_end=5.0, saves=4, save_t_min=0.5)
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
+    assert main(["bench", "solvers", "--quick", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "solvers.csv")
+    assert {"method", "tolerance", "evals", "wall_s", "per_eval_over_raw", "error"} <= set(table.columns)
+    assert (table["status"] == "finished").all() and (table["error"] < 0.1).all()
+    assert (tmp_path / "work_precision.png").stat().st_size > 10_000
+    assert "dopri5" in capsys.readouterr().out
+
+
+def test_benchmark_runs_only_the_selected_methods_and_tolerances(tmp_path):
+    args = ["bench", "solvers", "--quick", "--out", str(tmp_path), "--methods", "chebyshev", "gradient-ratio (paper)"]
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "solvers.csv")
+    assert sorted(table["method"]) == ["chebyshev", "gradient-ratio (paper)"]
+
+
+def test_selection_matches_labels_or_solver_names():
+    variants = default_variants(momentum=False)
+    check_selection(variants, ["gradient-ratio", "dopri5"], [1e-3, 1e-4])  # a solver name covers both controllers
+
+
+@pytest.mark.parametrize("methods, tolerances, message", [
+    (["rk45"], None, "unknown benchmark method 'rk45'; known: gradient-ratio (paper)"),
+    (None, [3e-3], "no benchmark variant at tolerance 0.003; known: 1e-05, 0.0001"),
+])
+def test_selection_of_nothing_is_rejected_naming_what_exists(methods, tolerances, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_selection(default_variants(momentum=False), methods, tolerances)
+
+
+def test_bad_selection_exits_with_one_line_before_running_anything(tmp_path, capsys):
+    assert main(["bench", "solvers", "--quick", "--out", str(tmp_path / "out"), "--methods", "rk45"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gflow: error: unknown benchmark method 'rk45'") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp_path):
+    numbers = overhead(TINY, repeats=1)
+    plain = gflow.run(TINY, tmp_path / "plain.h5", progress=False)
+    assert numbers["evals"] == plain.summary()["evals"]
+    # The writer does real work (a file per save) but is a part of the run, not all of it.
+    assert 0 < numbers["storage_share"] < 1
+    assert all(np.isfinite(v) and v > 0 for v in numbers.values()), numbers
+
+
+def test_overhead_rejects_a_solver_selection(tmp_path, capsys):
+    assert main(["bench", "overhead", "--quick", "--out", str(tmp_path / "o"), "--methods", "chebyshev"]) == 2
+    assert "apply to `gflow bench solvers` only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
