@@ -179,13 +179,13 @@ def _selected(v: Variant, methods: list[str] | None, tolerances: list[float] | N
 def check_selection(variants: list[Variant], methods: list[str] | None, tolerances: list[float] | None) -> None:
     """Raise ValueError naming a method (label or solver) or tolerance that none of
     ``variants`` has: a selection must not silently benchmark nothing."""
-    labels = list(dict.fromkeys(v.label for v in variants))
     for m in methods or []:
-        if m not in labels and all(v.fields["solver"] != m for v in variants):
+        if not any(_selected(v, [m], None) for v in variants):
+            labels = dict.fromkeys(v.label for v in variants)
             raise ValueError(f"unknown benchmark method {m!r}; known: {', '.join(labels)}")
-    known = sorted({v.tolerance for v in variants})
     for r in tolerances or []:
-        if not any(math.isclose(r, k) for k in known):
+        if not any(_selected(v, None, [r]) for v in variants):
+            known = sorted({v.tolerance for v in variants})
             raise ValueError(f"no benchmark variant at tolerance {r:g}; known: {', '.join(f'{k:g}' for k in known)}")
 
 

@@ -188,7 +188,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=["solvers", "overhead"])
     p.add_argument("--problems", nargs="+", help="subset of problems (default: the digits ones)")
     p.add_argument("--methods", nargs="+", metavar="NAME",
-                   help="solvers (solvers only): method labels such as 'gradient-ratio (paper)' or solver names "
+                   help="solvers only: method labels such as 'gradient-ratio (paper)' or solver names "
                         "such as chebyshev (default: all)")
     p.add_argument("--tolerances", nargs="+", type=float, metavar="TOL",
                    help="solvers only: keep the variants at these tolerances / bounds (default: all)")
