@@ -38,8 +38,8 @@ class Variant:
 
 
 def default_variants(momentum: bool, quick: bool = False) -> list[Variant]:
-    """The native stepper under both controllers, torchdiffeq's adaptive methods, and the
-    Runge-Kutta-Chebyshev stepper (gradient flow only).
+    """The native stepper under both controllers, torchdiffeq's adaptive methods, the
+    exponential Rosenbrock stepper, and the Runge-Kutta-Chebyshev stepper (gradient flow only).
 
     SciPy's LSODA/BDF/Radau are left out: on switching to their stiff mode they build a
     dense N x N Jacobian by finite differences, N evaluations and N^2 memory for N network
@@ -55,6 +55,8 @@ def default_variants(momentum: bool, quick: bool = False) -> list[Variant]:
     for method in ("dopri5", "bosh3"):
         for r in tolerances:
             out.append(Variant(method, {"solver": method, "rtol": r, "atol": r * 1e-3}, r))
+    for r in (1e-3,) if quick else (1e-2, 1e-3, 1e-4):
+        out.append(Variant("exponential", {"solver": "exponential", "rtol": r, "atol": r * 1e-3}, r))
     if not momentum:  # Chebyshev's stability interval is real: gradient flow only
         for r in (1e-3,) if quick else (1e-2, 1e-3, 1e-4):
             out.append(Variant("chebyshev", {"solver": "chebyshev", "rtol": r, "atol": r * 1e-3}, r))

@@ -3,7 +3,7 @@
     integrate(problem, y0, (t0, t_end), method, save_at=..., observers=..., events=...)
 
 A problem maps (t, y) to an :class:`Evaluation` (dy/dt plus named auxiliary values); a
-method is a stepper under a controller (:class:`Adaptive`) or a torchdiffeq solver
+method is a stepper under a controller (:class:`Adaptive`: Euler, exact momentum, Chebyshev, exponential Rosenbrock) or a torchdiffeq solver
 (:class:`TorchDiffEq`); observers see every accepted step and every save; events stop it.
 """
 
@@ -16,9 +16,11 @@ from .controllers import (
     GradientRatio,
     LocalError,
     RatioTarget,
+    hermite_error,
 )
 from .dense import hermite
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
+from .exponential import ExponentialRosenbrock
 from .integrate import Counters, Solution, integrate
 from .method import Method, Segment
 from .observers import Observer, SaveRecord, StepRecord
@@ -38,6 +40,7 @@ __all__ = [
     "Evaluation",
     "Event",
     "ExactMomentum",
+    "ExponentialRosenbrock",
     "FixedStep",
     "FunctionProblem",
     "GradientRatio",
@@ -57,5 +60,6 @@ __all__ = [
     "TorchDiffEq",
     "WallClock",
     "hermite",
+    "hermite_error",
     "integrate",
 ]

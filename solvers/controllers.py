@@ -10,6 +10,7 @@ carries ``dt``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -153,31 +154,38 @@ class FixedStep:
         return Decision(True, self.dt)
 
 
-@dataclass(frozen=True)
-class LocalError:
-    """Error-per-step control of a second-order step from its endpoint values and slopes.
-
-    With y, y' and F, F' the states and derivatives at the two ends of a step of size h,
+def hermite_error(before: Evaluation, after: Evaluation, h: float) -> torch.Tensor:
+    """The local error of a second-order one-step method from its endpoint values and slopes,
 
         est = (12 (y - y') + 6 h (F + F')) / 15
 
-    estimates the local error of a second-order one-step method (Sommeijer, Shampine,
-    Verwer 1998, the RKC code's estimator) at no extra evaluation. The step is accepted
-    when the RMS of est / (atol + rtol max(|y|, |y'|)) is at most 1; the next dt is
-    h * 0.8 err^{-1/3} (local error ~ h^3), kept within [h / 10, h * max_factor] and not
-    grown after a rejection.
+    (Sommeijer, Shampine, Verwer 1998, the RKC code's estimator), at no extra evaluation."""
+    return (12 * (before.y - after.y) + 6 * h * (before.dydt + after.dydt)) / 15
+
+
+@dataclass(frozen=True)
+class LocalError:
+    """Error-per-step control from a local error estimate of a second-order solution.
+
+    ``estimate(before, after, h)`` gives the error vector: by default
+    :func:`hermite_error`, for any second-order step; an embedded pair passes its own
+    (``ExponentialRosenbrock.error_estimate``). The step is accepted when the RMS of
+    est / (atol + rtol max(|y|, |y'|)) is at most 1; the next dt is h * 0.8 err^{-1/3}
+    (local error ~ h^3), kept within [h / 10, h * max_factor] and not grown after a
+    rejection.
     """
 
     rtol: float = 1e-4
     atol: float = 1e-7
     max_factor: float = 5.0
+    estimate: Callable[[Evaluation, Evaluation, float], torch.Tensor] = hermite_error
 
     def __post_init__(self) -> None:
         if not self.rtol > 0 or not self.atol >= 0:
             raise ValueError(f"rtol = {self.rtol!r}, atol = {self.atol!r}: need rtol > 0 and atol >= 0")
 
     def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:
-        est = (12 * (before.y - after.y) + 6 * h * (before.dydt + after.dydt)) / 15
+        est = self.estimate(before, after, h)
         scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
         err = float((est / scale).pow(2).mean().sqrt())
         if math.isnan(err):

@@ -50,6 +50,14 @@ def test_chebyshev_converges_to_the_reference_as_rtol_tightens_at_second_order(t
     assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5, errors
 
 
+@pytest.mark.parametrize("momentum", [False, True])
+def test_exponential_rosenbrock_converges_to_the_reference_as_rtol_tightens(tmp_path, momentum):
+    cfg = TINY.replace(solver="exponential", flow="momentum" if momentum else None)
+    f_ref = reference(cfg, rtol=1e-10)
+    errors = [_error(cfg.replace(rtol=r, atol=r * 1e-3), f_ref, tmp_path, f"exp{r}") for r in (1e-3, 1e-5, 1e-7)]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-6, errors
+
+
 def test_inconsistent_flow_and_fixed_step_without_dt_are_config_errors():
     with pytest.raises(gflow.ConfigError, match="flow"):
         RunConfig(solver="momentum", flow="gradient")
