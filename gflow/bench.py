@@ -236,17 +236,20 @@ def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     problems = list(dict.fromkeys(table["problem"]))
+    # One colour per method across panels, and a legend on each: panels hold different methods.
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {m: cycle[i % len(cycle)] for i, m in enumerate(dict.fromkeys(table["method"]))}
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.2), squeeze=False)
     for ax, problem in zip(axes[0], problems):
         sub = table[table["problem"] == problem]
         for method, g in sub.groupby("method", sort=False):
             g = g.sort_values("evals")
-            ax.loglog(g["evals"], g["error"], "o-", label=method)
+            ax.loglog(g["evals"], g["error"], "o-", label=method, color=colour[method])
         ax.set_title(problem)
         ax.set_xlabel("gradient evaluations")
         ax.set_ylabel("relative error of f(T) on train")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

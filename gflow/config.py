@@ -107,7 +107,7 @@ class RunConfig:
             raise ConfigError("flow", self.flow, "solver gradient-ratio integrates the gradient flow; use solver momentum")
         if self.solver == "chebyshev" and self.flow == "momentum":
             raise ConfigError("flow", self.flow, "solver chebyshev needs a real spectrum (gradient flow); "
-                              "for the momentum flow use momentum or a torchdiffeq method")
+                              "for the momentum flow use momentum, exponential or a torchdiffeq method")
         if self.solver in FIXED and self.dt is None:
             raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
         if self.arch == "cnn" and self.pca is not None:
