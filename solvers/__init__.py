@@ -3,8 +3,9 @@
     integrate(problem, y0, (t0, t_end), method, save_at=..., observers=..., events=...)
 
 A problem maps (t, y) to an :class:`Evaluation` (dy/dt plus named auxiliary values); a
-method is a stepper under a controller (:class:`Adaptive`: Euler, exact momentum, Chebyshev, exponential Rosenbrock) or a torchdiffeq solver
-(:class:`TorchDiffEq`); observers see every accepted step and every save; events stop it.
+method is a stepper (Euler, exact momentum, Chebyshev, exponential Rosenbrock) under a
+controller (:class:`Adaptive`) or a torchdiffeq solver (:class:`TorchDiffEq`); observers
+see every accepted step and every save; events stop it.
 """
 
 from .adaptive import Adaptive

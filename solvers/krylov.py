@@ -58,7 +58,14 @@ class JacobianKrylov:
         self.basis = [b / self.norm_b] if self.norm_b > 0 else []
         self.hessenberg = np.zeros((max_dim + 1, max_dim))
         self.dim = 0  # m: the basis vectors whose products J v are known
+        self._stacked: torch.Tensor | None = None  # the basis as rows, restacked only when it grew
         self._step = math.sqrt(torch.finfo(ev.y.dtype).eps) * max(1.0, float(ev.y.norm()))
+
+    def _rows(self, m: int) -> torch.Tensor:
+        """The first m basis vectors as the rows of one matrix."""
+        if self._stacked is None or len(self._stacked) < m:
+            self._stacked = torch.stack(self.basis)
+        return self._stacked[:m]
 
     @property
     def exhausted(self) -> bool:
@@ -72,7 +79,7 @@ class JacobianKrylov:
             return False
         y, f = self.ev.y, self.ev.dydt
         w = (self.problem.evaluate(self.ev.t, y + self._step * self.basis[j]).dydt - f) / self._step
-        v = torch.stack(self.basis)
+        v = self._rows(len(self.basis))
         for _ in range(2):
             c = v @ w
             w = w - v.T @ c
@@ -90,7 +97,7 @@ class JacobianKrylov:
 
     def combine(self, coefficients: np.ndarray) -> torch.Tensor:
         """V_m c: a vector of the space from its coordinates."""
-        v = torch.stack(self.basis[: len(coefficients)])
+        v = self._rows(len(coefficients))
         return v.T @ torch.as_tensor(coefficients, dtype=v.dtype, device=v.device)
 
     def apply(self, coefficients: np.ndarray) -> torch.Tensor:
@@ -100,6 +107,6 @@ class JacobianKrylov:
 
     def project(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """(V_m^T x, x - V_m V_m^T x): coordinates in the space and the remainder."""
-        v = torch.stack(self.basis[: self.dim])
+        v = self._rows(self.dim)
         c = v @ x
         return c.cpu().numpy(), x - v.T @ c
