@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import platform
 from collections.abc import Iterator, Sequence
@@ -218,7 +219,7 @@ class TrajectoryWriter(Observer):
     def on_step(self, record: StepRecord) -> None:
         ev = record.ev
         self._rows.append((
-            ev.t, record.dt, float(ev.aux["loss"]), float(ev.aux["grad"].norm()),
+            ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad")),
             record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
             record.rejected, record.evals, record.wall,
         ))
@@ -241,7 +242,7 @@ class TrajectoryWriter(Observer):
             "dt": np.nan if record.dt is None else record.dt,
             "train_loss": float(ev.aux["loss"]), "train_err": flow.error(f_train, "train"),
             "test_loss": flow.loss(f_test, "test"), "test_err": flow.error(f_test, "test"),
-            "grad_norm": float(ev.aux["grad"].norm()),
+            "grad_norm": math.sqrt(ev.sq_norm("grad")),
         }
         saves = self._saves
         _append(saves["f_train"], f_train.cpu().numpy()[None])

@@ -8,6 +8,7 @@ full-batch forward+backward pass, so evaluations are the unit of cost and are co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,15 +26,27 @@ class Evaluation:
     dydt: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    _sq_norms: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+
     @cached_property
     def finite(self) -> bool:
         """True when the derivative and every auxiliary value are finite.
 
-        One reduction: a sum is finite iff every term is (short of overflowing 1e308),
-        and NaN or inf anywhere makes it non-finite; computed once per evaluation.
+        One sum per tensor, added as Python floats: a sum is finite iff every term is
+        (short of overflowing 1e308), and NaN or inf anywhere makes the total non-finite.
+        Computed once per evaluation; summing on the torch side and converting once took
+        twice as long (nine small ops instead of one reduction and one read per tensor).
         """
-        total = self.dydt.sum() + sum((v.sum() for v in self.aux.values()), self.dydt.new_zeros(()))
-        return bool(torch.isfinite(total))
+        total = float(self.dydt.sum()) + sum(float(v.sum()) for v in self.aux.values())
+        return math.isfinite(total)
+
+    def sq_norm(self, key: str) -> float:
+        """||aux[key]||^2, computed once per evaluation: the end of one step is the start of
+        the next, and the controller and the trajectory writer both need it."""
+        if key not in self._sq_norms:
+            v = self.aux[key]
+            self._sq_norms[key] = float(v.dot(v)) if v.dim() == 1 else float(v.square().sum())
+        return self._sq_norms[key]
 
 
 class Problem(Protocol):

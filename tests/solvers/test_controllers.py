@@ -30,6 +30,19 @@ def test_gradient_turn_is_the_papers_ratio():
     assert gradient_turn(g, torch.zeros(2)) == 0.0
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-3)])
+def test_gradient_turn_keeps_tiny_turns_accurate(dtype, tol):
+    """Nearly parallel gradients (r ~ 1e-8, the regime of small steps): the float64 path
+    expands ||g' - g||^2 and must stay within ~eps of the exact value; the float32 path
+    must not lose the small difference to cancellation."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(30_000, dtype=torch.float64, generator=gen)
+    g_new = g + 1e-4 * torch.randn(30_000, dtype=torch.float64, generator=gen)
+    exact = float((g_new - g).dot(g_new - g)) / float(g.norm() * g_new.norm())
+    r = gradient_turn(g.to(dtype), g_new.to(dtype))
+    assert abs(r - exact) < tol * exact if dtype == torch.float32 else abs(r - exact) < tol
+
+
 def _stiffening_at(t_ramp: float, rate: float) -> FunctionProblem:
     """Gradient flow of L = lambda(t) |y|^2 / 2 with lambda rising smoothly but fast from 1
     to ``rate`` around t_ramp: a planted stiff stretch the controller must slow down for."""

@@ -1,0 +1,37 @@
+import math
+
+import pytest
+import torch
+
+from solvers import Evaluation
+
+
+def _ev(dydt, **aux):
+    return Evaluation(0.0, torch.zeros_like(dydt), dydt, aux)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["dydt", "grad", "loss"])
+def test_finite_flags_nan_or_inf_in_the_derivative_or_any_auxiliary_value(bad, where):
+    values = {"dydt": torch.ones(5), "grad": torch.ones(5), "loss": torch.tensor(2.0)}
+    values[where] = values[where].clone()
+    values[where].view(-1)[0] = bad
+    ev = _ev(values.pop("dydt"), **values)
+    assert not ev.finite
+
+
+def test_finite_flags_opposite_infinities_in_different_tensors():
+    assert not _ev(torch.tensor([math.inf, 1.0]), grad=torch.tensor([-math.inf])).finite
+
+
+def test_finite_accepts_large_but_finite_values():
+    assert _ev(torch.tensor([1e300, -1e300]), grad=torch.tensor([1e-300]), loss=torch.tensor(0.0)).finite
+
+
+def test_sq_norm_is_the_squared_norm_computed_once_per_evaluation():
+    g = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    ev = _ev(-g, grad=g, f=torch.ones(2, 2))
+    assert ev.sq_norm("grad") == 25.0
+    assert ev.sq_norm("f") == 4.0  # any shape
+    g.mul_(2)  # the cached value is the evaluation's, not recomputed
+    assert ev.sq_norm("grad") == 25.0
