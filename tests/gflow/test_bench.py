@@ -5,11 +5,10 @@ import pandas as pd
 import pytest
 
 import gflow
-from gflow import RunConfig
 from gflow.bench import check_selection, default_variants, overhead
 from gflow.cli import main
 
-TINY = RunConfig(ptr=30, pte=10, width=10, depth=2, t_end=5.0, saves=4, save_t_min=0.5)
+from .configs import TINY
 
 
 def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):

@@ -8,7 +8,7 @@ import gflow
 from gflow import RunConfig
 from gflow.bench import reference
 
-TINY = RunConfig(ptr=30, pte=10, width=10, depth=2, t_end=5.0, saves=4, save_t_min=0.5)
+from .configs import TINY
 
 
 def _error(cfg, f_ref, tmp_path, name):
