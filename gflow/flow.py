@@ -73,16 +73,16 @@ class GradientFlow:
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L(w), grad L(w), f(w, x_train)) with one forward+backward per chunk."""
-        w = w.detach().requires_grad_(True)
+        parts = [p.detach().requires_grad_(True) for p in self.model.parts(w)]
         n = len(self.x_train)
         scale = 1.0 / (self.alpha**2 * n)
         losses, grads, outs = [], [], []
         with torch.enable_grad():  # callers such as SciPy's wrapper evaluate under no_grad
             for s in self._chunks(n):
-                f = self.model(w, self.x_train[s])
+                f = self.model.apply(parts, self.x_train[s])
                 a = self.alpha * (f - self.f0_train[s]) if self.cfg.centered else self.alpha * f
                 chunk_loss = self.loss_fn(a, self.y_train[s]).sum() * scale
-                grads.append(torch.autograd.grad(chunk_loss, w)[0])
+                grads.append(_flat(torch.autograd.grad(chunk_loss, parts)))
                 losses.append(chunk_loss.detach())
                 outs.append(f.detach())
         if len(grads) == 1:
@@ -101,6 +101,10 @@ class GradientFlow:
     def vector_field(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """dy/dt at (t, y): what an external ODE solver integrates."""
         return self.evaluate(float(t), y).dydt
+
+
+def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
 
 
 def build(cfg: RunConfig) -> GradientFlow:

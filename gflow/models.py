@@ -177,10 +177,19 @@ class FlatModel:
     def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.sizes), self.shapes)}
 
-    def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """The module's parameter tensors as views of ``w``: what :meth:`apply` takes."""
+        return list(self.params(w).values())
+
+    def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """f(x) with the parameter tensors ``parts``. Differentiating with respect to the
+        parts and concatenating is ~2% faster than through the split of one flat leaf."""
         if self._functional is not None:  # weights passed straight in: functional_call's swapping cost ~10%
-            return self._functional(list(self.params(w).values()), x)
-        return functional_call(self.module, self.params(w), (x,))
+            return self._functional(parts, x)
+        return functional_call(self.module, dict(zip(self.names, parts)), (x,))
+
+    def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(self.parts(w), x)
 
     @property
     def has_tangent_factors(self) -> bool:
@@ -189,7 +198,7 @@ class FlatModel:
 
     def tangent_factors(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The module's (a_l, delta_l) per layer at parameters ``w`` (see FullyConnected)."""
-        return self.module.tangent_factors(list(self.params(w).values()), x)
+        return self.module.tangent_factors(self.parts(w), x)
 
 
 def build_model(
@@ -224,6 +233,12 @@ class Linearized:
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         f0, df = jvp(lambda p: self.model(p, x), (self.w0,), (w - self.w0,))
         return f0 + df
+
+    def parts(self, w: torch.Tensor) -> list[torch.Tensor]:
+        return [w]
+
+    def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self(parts[0], x)
 
     @property
     def has_tangent_factors(self) -> bool:

@@ -9,8 +9,9 @@ SMALL = dict(ptr=40, pte=10, width=12, depth=2)
 
 @pytest.mark.parametrize("loss", ["softhinge", "qhinge", "mse"])
 @pytest.mark.parametrize("centered", [True, False])
-def test_gradient_matches_central_finite_differences(loss, centered):
-    flow = gflow.build(RunConfig(loss=loss, centered=centered, alpha=0.7, **SMALL))
+@pytest.mark.parametrize("model", [{}, {"arch": "cnn"}, {"linearized": True}], ids=["fc", "cnn", "linearized"])
+def test_gradient_matches_central_finite_differences(loss, centered, model):
+    flow = gflow.build(RunConfig(loss=loss, centered=centered, alpha=0.7, **SMALL, **model))
     gen = torch.Generator().manual_seed(1)
     w = flow.w0 + 0.1 * torch.randn(flow.n_params, generator=gen)
     _, grad, _ = flow.loss_and_grad(w)

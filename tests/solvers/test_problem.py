@@ -24,8 +24,18 @@ def test_finite_flags_opposite_infinities_in_different_tensors():
     assert not _ev(torch.tensor([math.inf, 1.0]), grad=torch.tensor([-math.inf])).finite
 
 
-def test_finite_accepts_large_but_finite_values():
-    assert _ev(torch.tensor([1e300, -1e300]), grad=torch.tensor([1e-300]), loss=torch.tensor(0.0)).finite
+def test_finite_accepts_large_but_finite_values_whose_sums_and_norms_overflow():
+    huge = torch.full((4,), 1e308, dtype=torch.float64)  # sum 4e308 and norm^2 overflow to inf
+    ev = _ev(huge, grad=torch.tensor([1e200, -1e200], dtype=torch.float64), loss=torch.tensor(1e300))
+    assert ev.finite
+
+
+def test_finite_check_leaves_the_auxiliary_norms_cached_for_the_controller():
+    g = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    ev = _ev(-g, grad=g)
+    assert ev.finite
+    g.mul_(2)  # a recomputed norm would now read 100
+    assert ev.sq_norm("grad") == 25.0
 
 
 def test_sq_norm_is_the_squared_norm_computed_once_per_evaluation():
