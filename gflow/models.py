@@ -174,12 +174,9 @@ class FlatModel:
     def w0(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
 
-    def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.sizes), self.shapes)}
-
     def parts(self, w: torch.Tensor) -> list[torch.Tensor]:
         """The module's parameter tensors as views of ``w``: what :meth:`apply` takes."""
-        return list(self.params(w).values())
+        return [t.view(s) for t, s in zip(w.split(self.sizes), self.shapes)]
 
     def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """f(x) with the parameter tensors ``parts``. Differentiating with respect to the
