@@ -73,6 +73,8 @@ class GradientFlow:
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L(w), grad L(w), f(w, x_train)) with one forward+backward per chunk."""
+        # Leaves per parameter tensor, gradients concatenated: ~2% faster (measured in
+        # alternation) than differentiating through the split of one flat leaf.
         parts = [p.detach().requires_grad_(True) for p in self.model.parts(w)]
         n = len(self.x_train)
         scale = 1.0 / (self.alpha**2 * n)

@@ -179,8 +179,7 @@ class FlatModel:
         return [t.view(s) for t, s in zip(w.split(self.sizes), self.shapes)]
 
     def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """f(x) with the parameter tensors ``parts``. Differentiating with respect to the
-        parts and concatenating is ~2% faster than through the split of one flat leaf."""
+        """f(x) with the parameter tensors ``parts`` (those of :meth:`parts`, or leaves made from them)."""
         if self._functional is not None:  # weights passed straight in: functional_call's swapping cost ~10%
             return self._functional(parts, x)
         return functional_call(self.module, dict(zip(self.names, parts)), (x,))
