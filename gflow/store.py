@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,18 +336,34 @@ def _open(path: Path) -> Iterator[h5py.File]:
     mode, whose reader retries failed checksums for a while, expecting a writer to fix them.
     """
     try:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            if "already open for write" not in str(e):
-                raise
-            f = h5py.File(path, "r", swmr=True)
-        with f:
+        with _open_plain_or_swmr(path) as f:
             yield f
     except (OSError, KeyError, RuntimeError, ValueError) as e:
         if isinstance(e, FileNotFoundError) and not path.exists():
             raise FileFormatError(f"{path}: no such file") from None
         raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({str(e).splitlines()[0]})") from None
+
+
+TRUNCATION_WAIT_S = 0.2
+
+
+def _open_plain_or_swmr(path: Path) -> h5py.File:
+    """h5py.File for reading: plainly, or in SWMR mode when a writer holds the file open.
+
+    A live writer's flush can leave the end-of-file address in the superblock ahead of the
+    bytes on disk for a moment, and HDF5 then reports a "truncated file" before it looks
+    at the open-for-write flag; the writer's flush completes the file within milliseconds,
+    so a truncation is retried for ``TRUNCATION_WAIT_S`` before it counts as damage."""
+    deadline = time.monotonic() + TRUNCATION_WAIT_S
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            if "already open for write" in str(e):
+                return h5py.File(path, "r", swmr=True)
+            if "truncated file" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _upgrade(f: h5py.File) -> None:

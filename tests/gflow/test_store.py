@@ -1,6 +1,7 @@
 """The file contract: what readers reject, and that random input only gives clean errors."""
 
 import shutil
+import threading
 
 import h5py
 import numpy as np
@@ -101,6 +102,16 @@ def test_a_truncated_file_is_one_clear_error(good, tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FileFormatError, match="cut.h5: not an HDF5 file, or truncated"):
         gflow.open(path)
+
+
+def test_a_file_truncated_only_for_a_moment_is_read(good, tmp_path):
+    """A live writer's flush can leave the file shorter than its superblock says for a
+    moment; the reader waits for it instead of calling it damaged."""
+    data = good.read_bytes()
+    path = tmp_path / "flushing.h5"
+    path.write_bytes(data[: len(data) // 2])
+    threading.Timer(0.05, path.write_bytes, args=(data,)).start()
+    assert len(gflow.open(path)) == len(gflow.open(good))
 
 
 def test_a_save_table_shorter_than_the_save_times_is_damage(good, tmp_path):
