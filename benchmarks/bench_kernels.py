@@ -69,7 +69,7 @@ def main() -> None:
         row = {"points": n, "params": flow.n_params, "ntk_s": t_ntk}
         if n <= args.reference_max:
             _, row["jacobian_path_s"] = timed(lambda: ntk(flow.model, flow.w0, x, max_memory=budget, method="jacobian"))
-            jac = jacobian(flow.model, flow.w0, x)
+            jac = jacobian(flow.model, flow.w0, x)[:, 0]  # one output: (n, P)
             _, row["jjt_s"] = timed(torch.mm, jac, jac.T)
             del jac
             ref, row["loop_s"] = timed(ntk_loop, flow.model, flow.w0, x)

@@ -12,8 +12,8 @@ from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
 from .kernels import ntk
 from .run import resume, run
-from .store import Trajectory
-from .store import open_trajectory as open
+from .trajectory import Trajectory
+from .trajectory import open_trajectory as open
 from .sweep import Sweep, run_sweep
 
 __all__ = [

@@ -24,8 +24,9 @@ from solvers import integrate
 
 from .config import RunConfig
 from .flow import GradientFlow, build
-from .run import _integrate_into, make_events, make_method, run, save_times
-from .store import Trajectory, TrajectoryWriter
+from .methods import make_events, make_method, save_times
+from .run import _integrate_into, run
+from .store import TrajectoryFile, TrajectoryWriter
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     evaluate_over_raw = _evaluate_over_raw(flow)
     with tempfile.TemporaryDirectory() as tmp:
         stored = [_timed_run(cfg, Path(tmp) / f"s{k}.h5") for k in range(repeats)]
-        evals = Trajectory(Path(tmp) / "s0.h5").summary()["evals"]
+        evals = TrajectoryFile(Path(tmp) / "s0.h5").summary()["evals"]
     bare = [_timed_run(cfg, None) for _ in range(repeats)]
 
     def median(runs: list[dict[str, float]], key: str) -> float:

@@ -6,6 +6,7 @@ the save tables and the last kernel snapshot, so a thousand runs take seconds.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -15,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .config import RunConfig
 from .errors import GflowError
 from .geometry import first_crossing
-from .store import Trajectory
+from .losses import classification_error
+from .store import TrajectoryFile
 from .timescales import power_law
 
 RESULTS = ("file", "status", "stop_reason", "t", "steps", "evals", "wall", "train_loss", "train_err",
@@ -28,7 +31,8 @@ CONFIG = tuple(f.name for f in fields(RunConfig))
 
 
 def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
-    """One row per ``*.h5`` file in ``directory``: every RunConfig field, then status,
+    """One row per ``*.h5`` file in ``directory``: every RunConfig field (``model_args`` and
+    ``data_args`` as JSON, and each of their keys as a column ``model_args.KEY``), then status,
     stop_reason, final t, steps, evals, wall, final train/test loss and error, and, for runs
     with kernel snapshots, the final kernel change ||Theta - Theta0|| / ||Theta0|| and
     t1_kernel (first time it exceeds ``eps``; inf if never). Unreadable files get a row
@@ -37,12 +41,13 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
     if not directory.is_dir():
         raise GflowError(f"{directory}: no such directory")
     rows = [_row(path, eps) for path in sorted(directory.glob("*.h5"))]
-    return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS])
+    arguments = sorted({k for row in rows for k in row if k not in CONFIG and k not in RESULTS})
+    return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS, *arguments])
 
 
 def _row(path: Path, eps: float) -> dict[str, Any]:
     try:
-        traj = Trajectory(path)
+        traj = TrajectoryFile(path)
         s = traj.summary()
     except GflowError as e:
         return {"file": path.name, "status": "unreadable", "stop_reason": str(e)}
@@ -52,16 +57,18 @@ def _row(path: Path, eps: float) -> dict[str, Any]:
                train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
                test_loss=s.get("test_loss", math.nan), test_err=s.get("test_err", math.nan),
                kernel_change=math.nan, t1_kernel=math.nan)
-    if traj.has("kernel/t"):
-        times, change = traj.kernel_change()
-        if len(change):
-            row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
+    times, change = traj.stored_kernel_change()
+    if len(change):
+        row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
+    for name in ("model_args", "data_args"):  # one column per argument (sweeps vary them), and the whole as JSON
+        row.update({f"{name}.{k}": v for k, v in row[name].items()})
+        row[name] = json.dumps(row[name], sort_keys=True)
     if isinstance(row.get("classes"), list):
         row["classes"] = " ".join(map(str, row["classes"]))
     return row
 
 
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|=)\s*(.*?)\s*$")
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(==|!=|<=|>=|<|>|=)\s*(.*?)\s*$")
 
 
 def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
@@ -100,7 +107,8 @@ def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> p
 
     For each group of finished runs that differ only in ``seed``: with the learned function
     F_s(x) = alpha (f(w_s(T), x) - f(w_s(0), x)) of seed s on the test set, the mean predictor
-    F_bar = mean_s F_s, its test error (sign(F_bar) != y), the mean single-run test error,
+    F_bar = mean_s F_s, its test error (:func:`~gflow.losses.classification_error`), the mean
+    single-run test error,
     and the fluctuations delta_F = sqrt(mean_{s,x} (F_s - F_bar)^2).
     """
     table = catalog(directory)
@@ -112,7 +120,7 @@ def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> p
     for _, group in finished.groupby(keys, dropna=False, sort=True):
         outputs, labels = [], None
         for name in group["file"]:
-            traj = Trajectory(Path(directory) / name)
+            traj = TrajectoryFile(Path(directory) / name)
             alpha = traj.config.alpha
             outputs.append(alpha * (traj.outputs(-1, "test") - traj.read("init/f0_test")))
             y = traj.read("data/y_test")
@@ -123,7 +131,7 @@ def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> p
         f_bar = f.mean(axis=0)
         rows.append({
             **{k: group[k].iloc[0] for k in by}, "seeds": len(group),
-            "ensemble_test_err": float(np.mean(np.sign(f_bar) != labels)) if len(labels) else math.nan,
+            "ensemble_test_err": classification_error(torch.from_numpy(f_bar), torch.from_numpy(labels)),
             "mean_test_err": float(group["test_err"].mean()),
             "delta_F": float(np.sqrt(((f - f_bar) ** 2).mean())),
         })

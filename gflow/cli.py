@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import _TYPES, RunConfig
+from .config import FIELD_TYPES, RunConfig
 from .errors import GflowError
 from .plots import KINDS
 from .sweep import ENGINES
@@ -23,18 +23,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gflow: error: {message}\n")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """A flag's JSON object (keyword arguments of a factory), e.g. '{"width": 64}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not a JSON object ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field, same name with dashes; unset flags keep the config's value."""
+    """One flag per RunConfig field, same name with dashes, its help the field's own (what it
+    means, the choices, the default); unset flags keep the config's value."""
     group = p.add_argument_group("run configuration (RunConfig fields; override --config)")
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
-        base, _ = _TYPES[f.name]
+        base, _ = FIELD_TYPES[f.name]
+        help = RunConfig.help(f.name).replace("%", "%%")
         if base is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif base is tuple:
-            group.add_argument(flag, type=int, nargs="+", default=None, metavar="CLASS")
+            group.add_argument(flag, type=int, nargs="+", default=None, metavar="CLASS", help=help)
+        elif base is dict:
+            group.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=help)
         else:
-            group.add_argument(flag, type=base, default=None, metavar=base.__name__.upper())
+            metavar = "MODULE:FUNCTION" if f.name in ("model", "data") else {
+                str: "NAME" if f.name in _NAMED else "TEXT", int: "N", float: "X"}[base]
+            group.add_argument(flag, type=base, default=None, metavar=metavar, help=help)
+
+
+_NAMED = ("dataset", "labels", "arch", "act", "parametrization", "loss", "solver", "flow", "controller",
+          "kernel_outputs", "device", "dtype")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -79,7 +100,7 @@ def format_summary(traj: Any) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .store import open_trajectory
+    from .trajectory import open_trajectory
 
     for path in args.files:
         print(format_summary(open_trajectory(path)))

@@ -1,7 +1,8 @@
 """RunConfig: everything that defines a run, validated, round-tripped through TOML and JSON.
 
-Every field is a flag of ``gflow run`` (the same name with dashes). Validation happens at
-construction, so no run starts and no file is written with a bad value.
+Every field is a flag of ``gflow run`` (the same name with dashes), whose help text is the
+field's own (``RunConfig.help(name)``), so the command line and the config cannot drift.
+Validation happens at construction, so no run starts and no file is written with a bad value.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,83 +22,109 @@ from ._toml import read_toml
 from .errors import ConfigError, GflowError
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "teacher")
-LABELS = ("parity", "halves")
+LABELS = ("parity", "halves", "classes")
 ARCHS = ("fc", "cnn")
 ACTIVATIONS = ("softplus", "relu", "swish", "tanh")
 PARAMETRIZATIONS = ("ntk", "mean-field", "standard")
-LOSSES = ("softhinge", "hinge", "qhinge", "mse")
+LOSSES = ("softhinge", "hinge", "qhinge", "mse", "cross-entropy")
 NATIVE_SOLVERS = ("gradient-ratio", "momentum", "chebyshev", "exponential")
 SOLVERS = NATIVE_SOLVERS + METHODS
 FLOWS = ("gradient", "momentum")
 CONTROLLERS = ("paper", "ratio-target")
+KERNEL_OUTPUTS = ("trace", "full")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float64", "float32")
+
+# "package.module:attribute" (attribute may be dotted): what importlib can resolve.
+REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _f(default: Any, help: str) -> Any:
+    """A RunConfig field with its help text (the flag's --help line)."""
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One run: data, network, loss, solver, schedule. Defaults give the paper's setting
     (seed 001: FC L=3 softplus, soft hinge, gradient flow under the gradient-ratio
-    controller) on scikit-learn's bundled digits with parity labels."""
+    controller) on scikit-learn's bundled digits with parity labels.
+
+    Your own network, data and loss enter through importable references (``model``,
+    ``data``, ``loss`` = "package.module:attribute") with their keyword arguments
+    (``model_args``, ``data_args``); the built-in fields they replace must then stay unset.
+    """
 
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    ptr: int = 1000
-    pte: int = 500
-    labels: str = "parity"
-    classes: tuple[int, ...] | None = None
-    pca: int | None = None
-    downsample: int = 1  # average-pool square images by this factor (28x28 -> 7x7 at 4)
-    dim: int = 10
-    data_seed: int = 0
+    dataset: str = _f("digits", "built-in data set")
+    data_dir: str | None = _f(None, "directory of the IDX files (default /usr/share/datasets/DATASET)")
+    ptr: int = _f(1000, "training points")
+    pte: int = _f(500, "test points (0: no test split)")
+    labels: str = _f("parity", "parity: +-1 by class parity; halves: +-1 by first/second half of the kept "
+                     "classes; classes: labels 0..k-1 and k network outputs")
+    classes: tuple[int, ...] | None = _f(None, "keep only these class labels (default all)")
+    pca: int | None = _f(None, "project the inputs on this many principal components of the train set")
+    downsample: int = _f(1, "average-pool square images by this factor (28x28 -> 7x7 at 4)")
+    dim: int = _f(10, "input dimension of the teacher data set")
+    data_seed: int = _f(0, "seed of the draw of train and test samples")
+    data: str | None = _f(None, "your data: loader 'package.module:function' returning "
+                          "(x_train, y_train, x_test, y_test); replaces the built-in data fields")
+    data_args: dict[str, Any] = _f({}, "keyword arguments of the data loader (JSON object)")
     # network
-    arch: str = "fc"
-    depth: int = 3
-    width: int = 100
-    act: str = "softplus"
-    parametrization: str = "ntk"
-    kappa: float = 1.0
-    seed: int = 0
-    linearized: bool = False
+    arch: str = _f("fc", "built-in network")
+    depth: int = _f(3, "hidden layers (fc) or convolutions (cnn)")
+    width: int = _f(100, "hidden width h (fc) or channels (cnn)")
+    act: str = _f("softplus", "activation, normalised to unit second moment")
+    parametrization: str = _f("ntk", "ntk: layers divided by sqrt(fan-in); mean-field: last layer by h; "
+                              "standard: W ~ N(0, 1/fan-in)")
+    kappa: float = _f(1.0, "output scale of the built-in network at initialisation")
+    seed: int = _f(0, "seed of the initialisation (torch's global generator is seeded with it "
+                   "before a model factory is called)")
+    linearized: bool = _f(False, "train the tangent model f(w0) + J0 (w - w0) instead")
+    model: str | None = _f(None, "your network: factory 'package.module:function' returning a "
+                           "torch.nn.Module; replaces the built-in network fields")
+    model_args: dict[str, Any] = _f({}, "keyword arguments of the model factory (JSON object)")
     # loss
-    alpha: float = 1.0
-    loss: str = "softhinge"
-    beta: float = 20.0
-    centered: bool = True
+    alpha: float = _f(1.0, "output scale: L = mean l(alpha (f - f0), y) / alpha^2")
+    loss: str = _f("softhinge", "per-sample loss, or 'package.module:function' computing l(a, y)")
+    beta: float = _f(20.0, "sharpness of the soft hinge softplus(beta (1 - y a)) / beta")
+    centered: bool = _f(True, "subtract the initial output f0 (off: a = alpha f)")
     # solver
-    solver: str = "gradient-ratio"
-    flow: str | None = None
-    controller: str = "paper"
-    tau: float = 1.0
-    max_dgrad: float = 1e-4
-    max_dout: float = 0.1
-    dt0: float = 1.0
-    rtol: float = 1e-7
-    atol: float = 1e-9
-    dt: float | None = None
+    solver: str = _f("gradient-ratio", "integrator")
+    flow: str | None = _f(None, "ODE: gradient (default) or momentum (implied by solver momentum)")
+    controller: str = _f("paper", "step controller of gradient-ratio and momentum")
+    tau: float = _f(1.0, "momentum time scale (momentum flow)")
+    max_dgrad: float = _f(1e-4, "gradient-turn bound of gradient-ratio and momentum")
+    max_dout: float = _f(0.1, "bound on the change of alpha (f - f0) per step (gradient-ratio, momentum; inf: none)")
+    dt0: float = _f(1.0, "first step size of the native solvers")
+    rtol: float = _f(1e-7, "relative tolerance of exponential, chebyshev and torchdiffeq methods")
+    atol: float = _f(1e-9, "absolute tolerance of exponential, chebyshev and torchdiffeq methods")
+    dt: float | None = _f(None, "step size of the fixed-step methods (euler, midpoint, rk4, implicit_adams)")
     # schedule and stopping
-    t_end: float = 1e4
-    saves: int = 100
-    save_t_min: float = 1e-2
-    stop_margin: float | None = None
-    max_wall: float | None = None
-    max_steps: int | None = None
+    t_end: float = _f(1e4, "time to integrate to")
+    saves: int = _f(100, "save times, log-spaced from save_t_min to t_end (t = 0 is saved too)")
+    save_t_min: float = _f(1e-2, "first save time after t = 0")
+    stop_margin: float | None = _f(None, "stop once every training margin alpha y (f - f0) reaches this")
+    max_wall: float | None = _f(None, "stop after this many seconds (resumable)")
+    max_steps: int | None = _f(None, "stop after this many accepted steps (resumable)")
     # kernel snapshots (kernel_n = 0: none during the run; they can be computed afterwards)
-    kernel_n: int = 0
-    kernel_every: int = 10
-    kernel_memory_mb: int = 2048  # bound on kernel temporaries: Jacobian blocks, or Gram blocks for dense nets
+    kernel_n: int = _f(0, "NTK snapshots on the first K train points (0: none)")
+    kernel_every: int = _f(10, "take a kernel snapshot every this many saves")
+    kernel_memory_mb: int = _f(2048, "memory bound on kernel temporaries (MiB)")
+    kernel_outputs: str = _f("trace", "for k outputs: trace (K x K, summed over outputs) or full (Kk x Kk)")
     # compute
-    chunk: int | None = None
-    device: str = "cpu"
-    dtype: str = "float64"
+    chunk: int | None = _f(None, "evaluate the batch in chunks of this many points (less memory)")
+    device: str = _f("cpu", "where tensors live")
+    dtype: str = _f("float64", "floating-point precision")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "classes" and isinstance(value, list):
                 object.__setattr__(self, "classes", value := tuple(value))
-            _check_type(f.name, value, _TYPES[f.name])
+            _check_type(f.name, value, FIELD_TYPES[f.name])
         for name, check in _CHECKS.items():
             value = getattr(self, name)
             if value is not None:
@@ -114,6 +142,24 @@ class RunConfig:
             raise ConfigError("pca", self.pca, "arch cnn needs the images themselves; leave pca unset")
         if self.pca is not None and self.pca > self.ptr:
             raise ConfigError("pca", self.pca, f"must be <= ptr ({self.ptr}) to fit the projection on the train set")
+        if self.data is None and self.kernel_n > self.ptr:
+            raise ConfigError("kernel_n", self.kernel_n, f"must be <= ptr ({self.ptr}): snapshots use the first K train points")
+        self._check_user_code("model", MODEL_FIELDS)
+        self._check_user_code("data", DATA_FIELDS)
+
+    def _check_user_code(self, name: str, replaced: tuple[str, ...]) -> None:
+        """With a model (data) reference, the built-in network (data) fields must stay unset,
+        and keyword arguments need a reference to go to."""
+        reference = getattr(self, name)
+        if reference is None:
+            if getattr(self, f"{name}_args"):
+                raise ConfigError(f"{name}_args", getattr(self, f"{name}_args"),
+                                  f"arguments of a {name} factory: give {name} = 'package.module:function' too")
+            return
+        for f in replaced:
+            if getattr(self, f) != _DEFAULTS[f]:
+                raise ConfigError(f, getattr(self, f), f"sets the built-in {'network' if name == 'model' else 'data'}, "
+                                  f"which {name} = {reference!r} replaces: pass it in {name}_args")
 
     @property
     def momentum(self) -> bool:
@@ -159,27 +205,52 @@ class RunConfig:
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> None:
-        """Write the config as TOML (fields left at None are omitted)."""
-        lines = [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items() if v is not None]
+        """Write the config as TOML (fields left at None or empty are omitted)."""
+        lines = [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items() if v is not None and v != {}]
         Path(path).write_text("\n".join(lines) + "\n")
+
+    @staticmethod
+    def help(name: str) -> str:
+        """The help line of field ``name``: what it means, what is allowed, its default."""
+        f = _FIELDS[name]
+        text = f.metadata["help"]
+        choices = _CHOICES.get(name)
+        if choices:
+            text += f" ({', '.join(choices)})"
+        default = _DEFAULTS[name]
+        if default is not None and default != {} and default is not False:
+            text += f"; default {default:g}" if isinstance(default, float) else f"; default {default}"
+        return text
+
+
+MODEL_FIELDS = ("arch", "depth", "width", "act", "parametrization", "kappa")
+DATA_FIELDS = ("dataset", "data_dir", "ptr", "pte", "labels", "classes", "pca", "downsample", "dim", "data_seed")
+_FIELDS = {f.name: f for f in fields(RunConfig)}
+_DEFAULTS = {f.name: ({} if f.default is dataclasses.MISSING else f.default) for f in fields(RunConfig)}
 
 
 def _toml_value(v: Any) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(v)
 
 
 def _type_name(t: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            dict: "a table of keyword arguments"}.get(t, str(t))
 
 
-# Field types without typing introspection: (python type, may be None, is a list of ints).
-_TYPES: dict[str, tuple[type, bool]] = {}
-for _f in fields(RunConfig):
-    _ann = str(_f.type)
-    _base = {"str": str, "int": int, "float": float, "bool": bool, "tuple": tuple}[_ann.split(" ")[0].split("[")[0]]
-    _TYPES[_f.name] = (_base, "None" in _ann)
+# Field types without typing introspection: (python type, may be None).
+FIELD_TYPES: dict[str, tuple[type, bool]] = {}
+for _f_ in fields(RunConfig):
+    _ann = str(_f_.type)
+    _base = {"str": str, "int": int, "float": float, "bool": bool, "tuple": tuple, "dict": dict}[
+        _ann.split(" ")[0].split("[")[0]]
+    FIELD_TYPES[_f_.name] = (_base, "None" in _ann)
 
 
 def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> None:
@@ -191,6 +262,14 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> None:
     if base is tuple:
         if not isinstance(value, tuple) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
             raise ConfigError(name, value, "must be a list of class labels (integers)")
+        return
+    if base is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(name, value, "must be a table of keyword arguments (string keys)")
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            raise ConfigError(name, value, "values must be numbers, strings, booleans, lists or tables") from None
         return
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return
@@ -208,8 +287,16 @@ def _one_of(options: tuple[str, ...]) -> Callable[[str, Any], None]:
 
 def _at_least(low: float) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
+        if not (value >= low and math.isfinite(value)):
+            raise ConfigError(name, value, f"must be a finite number >= {low:g}")
+
+    return check
+
+
+def _count(low: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
         if not value >= low:
-            raise ConfigError(name, value, f"must be >= {low:g}")
+            raise ConfigError(name, value, f"must be >= {low}")
 
     return check
 
@@ -229,46 +316,55 @@ def _classes(name: str, value: Any) -> None:
         raise ConfigError(name, list(value), "must list at least two distinct class labels")
 
 
+def _reference(name: str, value: Any) -> None:
+    if not REFERENCE.match(value):
+        raise ConfigError(name, value, "must be an importable reference 'package.module:function'")
+
+
+def _loss(name: str, value: Any) -> None:
+    if value not in LOSSES and not REFERENCE.match(value):
+        raise ConfigError(name, value, f"must be one of {', '.join(LOSSES)}, or 'package.module:function'")
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS, "labels": LABELS, "arch": ARCHS, "act": ACTIVATIONS, "parametrization": PARAMETRIZATIONS,
+    "loss": LOSSES, "solver": SOLVERS, "flow": FLOWS, "controller": CONTROLLERS, "kernel_outputs": KERNEL_OUTPUTS,
+    "device": DEVICES, "dtype": DTYPES,
+}
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "dataset": _one_of(DATASETS),
-    "labels": _one_of(LABELS),
+    **{name: _one_of(options) for name, options in _CHOICES.items() if name != "loss"},
+    "loss": _loss,
+    "model": _reference,
+    "data": _reference,
     "classes": _classes,
-    "ptr": _at_least(1),
-    "pte": _at_least(0),
-    "pca": _at_least(1),
-    "downsample": _at_least(1),
-    "dim": _at_least(1),
-    "data_seed": _at_least(0),
-    "arch": _one_of(ARCHS),
-    "depth": _at_least(1),
-    "width": _at_least(1),
-    "act": _one_of(ACTIVATIONS),
-    "parametrization": _one_of(PARAMETRIZATIONS),
+    "ptr": _count(1),
+    "pte": _count(0),
+    "pca": _count(1),
+    "downsample": _count(1),
+    "dim": _count(1),
+    "data_seed": _count(0),
+    "depth": _count(1),
+    "width": _count(1),
     "kappa": _positive,
-    "seed": _at_least(0),
+    "seed": _count(0),
     "alpha": _positive,
-    "loss": _one_of(LOSSES),
     "beta": _positive,
-    "solver": _one_of(SOLVERS),
-    "flow": _one_of(FLOWS),
     "rtol": _positive,
     "atol": _at_least(0),
     "dt": _positive,
-    "controller": _one_of(CONTROLLERS),
     "tau": _positive,
     "max_dgrad": _positive,
     "max_dout": _positive_or_inf,
     "dt0": _positive,
     "t_end": _positive,
-    "saves": _at_least(1),
+    "saves": _count(1),
     "save_t_min": _positive,
     "stop_margin": _positive,
     "max_wall": _positive,
-    "max_steps": _at_least(1),
-    "chunk": _at_least(1),
-    "kernel_n": _at_least(0),
-    "kernel_every": _at_least(1),
-    "kernel_memory_mb": _at_least(1),
-    "device": _one_of(DEVICES),
-    "dtype": _one_of(DTYPES),
+    "max_steps": _count(1),
+    "chunk": _count(1),
+    "kernel_n": _count(0),
+    "kernel_every": _count(1),
+    "kernel_memory_mb": _count(1),
 }

@@ -1,14 +1,19 @@
-"""Data sets: an embedded default, local IDX files, and a synthetic teacher.
+"""Data sets: an embedded default, local IDX files, a synthetic teacher, and the user's arrays.
 
-Every data set becomes a binary task with labels +-1, drawn reproducibly from
-``data_seed``: samples are shuffled with that seed and the first ``ptr`` go to the train
-set, the next ``pte`` to the test set (for IDX data the test set is drawn from the t10k
-files). Inputs are centred on the train mean, optionally reduced by PCA (fitted on the
+Every built-in data set becomes a two-class task with labels +-1 (``labels`` parity or
+halves) or a k-class task with labels 0..k-1 (``labels = "classes"``), drawn reproducibly
+from ``data_seed``: samples are shuffled with that seed and the first ``ptr`` go to the
+train set, the next ``pte`` to the test set (for IDX data the test set is drawn from the
+t10k files). Inputs are centred on the train mean, optionally reduced by PCA (fitted on the
 train set) and scaled so that every input has norm sqrt(d).
+
+The user's own data (arrays, or a loader named in the config) are taken as they are:
+:func:`from_arrays`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 from dataclasses import dataclass
@@ -32,16 +37,27 @@ _HOW_TO_GET = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test inputs and labels (+-1), with which raw samples were drawn."""
+    """Train and test inputs and labels; for built-in data, which raw samples were drawn
+    (indices into the source pools) and their original classes (None for the user's data)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    train_indices: np.ndarray
-    test_indices: np.ndarray
-    classes_train: np.ndarray
-    classes_test: np.ndarray
+    train_indices: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
+    classes_train: np.ndarray | None = None
+    classes_test: np.ndarray | None = None
+    n_classes: int | None = None  # k of a built-in k-class task (labels = "classes")
+
+    @property
+    def classes(self) -> int:
+        """k for labels 0..k-1 (integer labels), else 1 (one output)."""
+        if self.n_classes is not None:
+            return self.n_classes
+        if self.y_train.dtype.is_floating_point or self.y_train.dim() != 1 or not len(self.y_train):
+            return 1
+        return int(max(int(self.y_train.max()), int(self.y_test.max()) if len(self.y_test) else 0)) + 1
 
     def digest(self) -> str:
         """SHA-256 of the inputs and labels actually used: two runs saw the same data iff equal."""
@@ -97,8 +113,11 @@ def _raw_pools(cfg: RunConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.
     return _idx_pair(directory, "train"), _idx_pair(directory, "t10k")
 
 
-def _binary_labels(classes: np.ndarray, kept: np.ndarray, scheme: str) -> np.ndarray:
-    """parity: +1 for an even class label; halves: +1 for the first half of the kept classes."""
+def _labels(classes: np.ndarray, kept: np.ndarray, scheme: str) -> np.ndarray:
+    """parity: +1 for an even class label; halves: +1 for the first half of the kept
+    classes; classes: the index 0..k-1 of the class among the kept ones."""
+    if scheme == "classes":
+        return np.searchsorted(kept, classes).astype(np.int64)
     if scheme == "parity":
         return np.where(classes % 2 == 0, 1.0, -1.0)
     first_half = kept[: len(kept) // 2]
@@ -141,6 +160,8 @@ def load(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str | torch
 
     mean = xtr.mean(axis=0)
     xtr, xt = xtr - mean, xt - mean
+    if cfg.pca is not None and cfg.pca > xtr.shape[1]:
+        raise GflowError(f"pca = {cfg.pca}: must be <= the input dimension of {cfg.dataset} ({xtr.shape[1]})")
     if cfg.pca is not None:
         from sklearn.decomposition import PCA
 
@@ -149,17 +170,18 @@ def load(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str | torch
     xtr, xt = _unit_rms(xtr), _unit_rms(xt)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=dtype, device=device)
+        return torch.as_tensor(a, dtype=dtype if a.dtype.kind == "f" else torch.int64, device=device)
 
     return Dataset(
         x_train=tensor(xtr),
-        y_train=tensor(_binary_labels(ctr, kept, cfg.labels)),
+        y_train=tensor(_labels(ctr, kept, cfg.labels)),
         x_test=tensor(xt.reshape(len(xt), xtr.shape[1])),
-        y_test=tensor(_binary_labels(ct, kept, cfg.labels)),
+        y_test=tensor(_labels(ct, kept, cfg.labels)),
         train_indices=train_idx,
         test_indices=test_idx,
         classes_train=ctr,
         classes_test=ct,
+        n_classes=len(kept) if cfg.labels == "classes" else None,
     )
 
 
@@ -177,3 +199,73 @@ def _unit_rms(x: np.ndarray) -> np.ndarray:
     """Scale each row to norm sqrt(d) (rows of zeros stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x * np.sqrt(x.shape[1]) / np.where(norms > 0, norms, 1.0)
+
+
+def _tensor(name: str, a: object) -> torch.Tensor:
+    """A user's array (torch tensor, numpy array or nested lists) as a tensor on the CPU."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf":
+            raise GflowError(f"data: {name} must be numbers (a tensor or an array), got {arr.dtype} entries")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex() or t.dim() == 0:
+        raise GflowError(f"data: {name} must be a real array with one row per sample, got shape {tuple(t.shape)}")
+    if t.is_floating_point() and not bool(t.isfinite().all()):
+        raise GflowError(f"data: {name} holds NaN or infinite values")
+    return t
+
+
+def from_arrays(
+    x_train: object, y_train: object, x_test: object = None, y_test: object = None,
+    dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+) -> Dataset:
+    """The user's data as given: inputs of any shape (n, ...) (floating inputs in ``dtype``;
+    integer inputs, e.g. tokens, kept as integers), labels (n,) or (n, ...) (integers stay
+    integers: class labels; floats in ``dtype``). The test split is optional (None: empty)."""
+    xtr, ytr = _tensor("x_train", x_train), _tensor("y_train", y_train)
+    if (x_test is None) != (y_test is None):
+        raise GflowError("data: give both x_test and y_test, or neither")
+    if x_test is None:
+        xte, yte = xtr[:0], ytr[:0]
+    else:
+        xte, yte = _tensor("x_test", x_test), _tensor("y_test", y_test)
+    for x, y, split in ((xtr, ytr, "train"), (xte, yte, "test")):
+        if len(x) != len(y):
+            raise GflowError(f"data: x_{split} has {len(x)} samples but y_{split} has {len(y)} labels")
+    if not len(xtr):
+        raise GflowError("data: the training set is empty")
+    if xte.shape[1:] != xtr.shape[1:] or yte.shape[1:] != ytr.shape[1:]:
+        raise GflowError(f"data: test samples of shape {tuple(xte.shape[1:])} with labels {tuple(yte.shape[1:])} do "
+                         f"not match train samples {tuple(xtr.shape[1:])} with labels {tuple(ytr.shape[1:])}")
+
+    def placed(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else torch.int64)
+
+    return Dataset(placed(xtr), placed(ytr), placed(xte), placed(yte))
+
+
+def from_loader(result: object, source: str) -> tuple[object, object, object, object]:
+    """The four arrays of what a data loader returned: (x_train, y_train, x_test, y_test) or
+    (x_train, y_train) (no test split)."""
+    if isinstance(result, (tuple, list)) and len(result) in (2, 4):
+        return (*result, None, None)[:4]  # type: ignore[return-value]
+    got = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
+    raise GflowError(f"data = {source!r}: the loader must return (x_train, y_train, x_test, y_test) or "
+                     f"(x_train, y_train), got {got}")
+
+
+def with_labels_for(data: Dataset, outputs: int, dtype: torch.dtype) -> Dataset:
+    """Labels in the form a network with ``outputs`` outputs trains on: for one output,
+    floating (integer +-1 labels become +-1.0); for k outputs, integer class labels (floats
+    that are whole numbers become integers)."""
+
+    def convert(y: torch.Tensor) -> torch.Tensor:
+        if outputs == 1 and not y.is_floating_point():
+            return y.to(dtype)
+        if outputs > 1 and y.is_floating_point() and bool((y == y.round()).all()):
+            return y.long()
+        return y
+
+    return dataclasses.replace(data, y_train=convert(data.y_train), y_test=convert(data.y_test))

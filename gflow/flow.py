@@ -4,42 +4,59 @@
     momentum flow   dv/dt = -(v + grad L(w)) / tau,   dw/dt = v     (state y = (w, v))
 
 with L(w) = 1/(alpha^2 n) sum_mu l(alpha (f(w, x_mu) - f(w0, x_mu)), y_mu) (seed 001).
+
+The network, the data and the loss come from the config (built-in, or the user's factory
+references) or from the caller as Python objects: :func:`build`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from solvers import Evaluation
 
 from .config import RunConfig
-from .data import Dataset, load
-from .losses import classification_error, get_loss
-from .models import FlatModel, Linearized, build_model
+from .data import Dataset, from_arrays, from_loader, load, with_labels_for
+from .errors import ConfigError, GflowError
+from .losses import Loss, check_task, classification_error, get_loss
+from .models import FlatModel, Linearized, build_model, prepare
+from .references import call, qualified_name, resolve
 
 
 class GradientFlow:
     """A :class:`solvers.Problem`: ``evaluate(t, y)`` is one full-batch forward+backward.
 
     Attributes a user can rely on: ``y0`` (flat initial state), ``vector_field(t, y)``,
-    ``model(w, x)`` (raw outputs f), ``x_train, y_train, x_test, y_test``, ``w0``,
-    ``f0_train, f0_test``, ``n_params``, ``momentum``. With ``cfg.linearized`` the model is
-    the network's linearisation at w0 (same data, loss and initialisation).
+    ``model(w, x)`` (raw outputs f, shape (n,) or (n, k)), ``x_train, y_train, x_test,
+    y_test``, ``w0``, ``f0_train, f0_test``, ``n_params``, ``outputs_k`` (k, 1 for a scalar
+    output), ``momentum``, ``sources`` (what the trajectory file records of where the
+    model, data and loss came from). With ``cfg.linearized`` the model is the network's
+    linearisation at w0 (same data, loss and initialisation).
     """
 
-    def __init__(self, cfg: RunConfig, model: FlatModel | Linearized, data: Dataset) -> None:
+    def __init__(self, cfg: RunConfig, model: FlatModel | Linearized, data: Dataset, loss_fn: Loss,
+                 sources: dict[str, dict[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.model = model
-        self.data = data
-        self.x_train, self.y_train = data.x_train, data.y_train
-        self.x_test, self.y_test = data.x_test, data.y_test
         self.alpha = cfg.alpha
-        self.loss_fn = get_loss(cfg.loss, cfg.beta)
+        self.loss_fn = loss_fn
         self.momentum = cfg.momentum
         self.n_params = model.n_params
         self.w0 = model.w0
-        self.f0_train = self.outputs(self.w0, self.x_train)
+        self.f0_train = self.outputs(self.w0, data.x_train)
+        if self.f0_train.dim() not in (1, 2) or len(self.f0_train) != len(data.x_train):
+            raise ConfigError("model", sources["model"].get("class") if sources else cfg.arch,
+                              f"must map a batch of n inputs to outputs of shape (n,) or (n, k); on the "
+                              f"{len(data.x_train)} training inputs it gave shape {tuple(self.f0_train.shape)}")
+        self.outputs_k = 1 if self.f0_train.dim() == 1 else self.f0_train.shape[1]
+        self.data = data = with_labels_for(data, self.outputs_k, self.w0.dtype)
+        self.x_train, self.y_train = data.x_train, data.y_train
+        self.x_test, self.y_test = data.x_test, data.y_test
         self.f0_test = self.outputs(self.w0, self.x_test)
+        self.sources = sources or {}
         self.y0 = torch.cat([self.w0, torch.zeros_like(self.w0)]) if self.momentum else self.w0.clone()
 
     def _chunks(self, n: int) -> list[slice]:
@@ -53,7 +70,10 @@ class GradientFlow:
         """f(w, x), raw, evaluated in chunks without building a graph."""
         with torch.no_grad():
             parts = [self.model(w, x[s]) for s in self._chunks(len(x))]
-        return torch.cat(parts) if parts else x.new_zeros(0)
+        if parts:
+            return torch.cat(parts)
+        k = getattr(self, "outputs_k", 1)
+        return w.new_zeros((0,) if k == 1 else (0, k))
 
     def scaled(self, f: torch.Tensor, split: str) -> torch.Tensor:
         """The learned function a = alpha (f - f0) (or alpha f when centring is off)."""
@@ -68,6 +88,7 @@ class GradientFlow:
         return float(self.loss_fn(self.scaled(f, split), y).mean()) / self.alpha**2
 
     def error(self, f: torch.Tensor, split: str) -> float:
+        """Classification error of alpha (f - f0) (see :func:`gflow.losses.classification_error`)."""
         y = self.y_train if split == "train" else self.y_test
         return classification_error(self.scaled(f, split), y)
 
@@ -109,19 +130,91 @@ def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
 
 
-def build(cfg: RunConfig) -> GradientFlow:
-    """The gradient-flow problem of a run: data, network at initialisation, loss."""
+DataArg = Any  # (x_train, y_train[, x_test, y_test]) as tensors or arrays
+
+
+def _data(cfg: RunConfig, data: DataArg | None, dtype: torch.dtype, device: torch.device) -> tuple[Dataset, dict]:
+    if data is not None:
+        return from_arrays(*from_loader(data, "data argument"), dtype=dtype, device=device), {"source": "arrays"}
+    if cfg.data is not None:
+        returned = call("data", cfg.data, cfg.data_args)
+        arrays = from_arrays(*from_loader(returned, cfg.data), dtype=dtype, device=device)
+        return arrays, {"source": "loader", "reference": cfg.data, "args": cfg.data_args}
+    return load(cfg, dtype=dtype, device=device), {"source": "builtin", "dataset": cfg.dataset}
+
+
+def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.dtype,
+           device: torch.device) -> tuple[FlatModel, dict]:
+    if model is not None:
+        return prepare(model, dtype, device), {"source": "object"}
+    if cfg.model is not None:
+        torch.manual_seed(cfg.seed)  # the public contract: seed varies the factory's initialisation
+        module = call("model", cfg.model, cfg.model_args)
+        return prepare(module, dtype, device), {"source": "factory", "reference": cfg.model, "args": cfg.model_args}
+    if data.x_train.dim() != 2:
+        raise GflowError(f"arch = {cfg.arch!r}: the built-in networks take flat inputs (n, d), but the data's inputs "
+                         f"have shape {tuple(data.x_train.shape)}: flatten them or give your own model")
+    built = build_model(data.x_train.shape[1], cfg.arch, cfg.depth, cfg.width, cfg.act, cfg.parametrization,
+                        cfg.kappa, cfg.seed, dtype, device, outputs=data.classes)
+    return built, {"source": "builtin", "arch": cfg.arch}
+
+
+def _loss(cfg: RunConfig, loss: Loss | str | None) -> tuple[Loss, dict]:
+    if loss is None:
+        loss = cfg.loss
+    if isinstance(loss, str):
+        if ":" in loss:
+            return resolve("loss", loss), {"source": "reference", "reference": loss, "name": loss}
+        return get_loss(loss, cfg.beta), {"source": "builtin", "name": loss}
+    if not callable(loss):
+        raise ConfigError("loss", loss, "must be a loss name or a callable loss(a, y) -> per-sample losses")
+    return loss, {"source": "object", "name": qualified_name(loss)}
+
+
+def _check_loss(flow: GradientFlow, name: str | None) -> None:
+    """The labels suit the loss and the network's outputs, and the loss gives one value per
+    sample (checked once, on the first two training points, before anything is written)."""
+    for y, split in ((flow.y_train, "train"), (flow.y_test, "test")):
+        check_task(name, flow.outputs_k, y, split)
+    a = flow.scaled(flow.f0_train, "train")[:2]
+    try:
+        values = flow.loss_fn(a, flow.y_train[:2])
+    except Exception as e:
+        raise ConfigError("loss", name or flow.sources["loss"]["name"], f"failed on the model's outputs of shape "
+                          f"{tuple(a.shape)} and labels of shape {tuple(flow.y_train[:2].shape)} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(values, torch.Tensor) or values.shape != (len(a),):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ConfigError("loss", name or flow.sources["loss"]["name"],
+                          f"must return one loss per sample, shape ({len(a)},), got {shape}")
+
+
+def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | None = None,
+          loss: Loss | str | None = None) -> GradientFlow:
+    """The gradient-flow problem of a run: data, network at initialisation, loss.
+
+    Each of the three comes, in this order of precedence, from the argument (a
+    ``torch.nn.Module``; a tuple ``(x_train, y_train, x_test, y_test)`` or
+    ``(x_train, y_train)`` of tensors or arrays; a loss name or a callable
+    ``loss(a, y) -> per-sample losses`` on a = alpha (f - f0)), from the config's reference
+    (``model``/``data``/``loss`` = "package.module:function" with ``*_args``), or from the
+    built-in fields. A module is copied, never changed; it runs in eval mode.
+    """
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-
         raise ConfigError("device", cfg.device, "CUDA is not available on this machine; use cpu")
-    data = load(cfg, dtype=dtype, device=device)
-    model = build_model(
-        data.x_train.shape[1], cfg.arch, cfg.depth, cfg.width, cfg.act, cfg.parametrization, cfg.kappa,
-        cfg.seed, dtype, device,
-    )
-    if cfg.linearized:
-        model = Linearized(model, model.w0)
-    return GradientFlow(cfg, model, data)
+    dataset, data_source = _data(cfg, data, dtype, device)
+    flat, model_source = _model(cfg, model, dataset, dtype, device)
+    loss_fn, loss_source = _loss(cfg, loss)
+    net: FlatModel | Linearized = Linearized(flat, flat.w0) if cfg.linearized else flat
+    if cfg.kernel_n > len(dataset.x_train):
+        raise ConfigError("kernel_n", cfg.kernel_n, f"must be <= the {len(dataset.x_train)} training points")
+    sources = {"model": {**model_source, **net.describe()}, "data": data_source, "loss": loss_source}
+    try:
+        flow = GradientFlow(cfg, net, dataset, loss_fn, sources)
+    except RuntimeError as e:  # the module rejected the inputs (shapes, dtypes)
+        raise ConfigError("model", sources["model"]["class"], f"cannot be applied to the inputs of shape "
+                          f"{tuple(dataset.x_train.shape)} ({str(e).splitlines()[0]})") from None
+    _check_loss(flow, loss_source["name"] if loss_source["source"] == "builtin" else None)
+    return flow

@@ -2,6 +2,8 @@
 
     Theta(w; x, x') = grad_w f(w, x) . grad_w f(w, x')        (Jacot et al.; seed 001)
 
+(for k outputs, summed over the outputs, or the full (n k) x (n k) kernel on request).
+
 Two ways, the first used whenever the model offers it (``method="auto"``):
 
 * structured (dense layers): layer l computes u_l = a_l W_l^T, so the per-sample gradient
@@ -23,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad, jacrev, vmap
 
 from .errors import GflowError
 
@@ -33,12 +35,15 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
 def jacobian(model: Model, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """J[i, p] = d f(params, x_i) / d params_p for a model with scalar outputs."""
+    """J[i, c, p] = d f_c(params, x_i) / d params_p, shape (n, k, P) (k = 1 for a scalar output)."""
 
     def f(w: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return model(w, xi[None])[0]
 
-    return vmap(grad(f), in_dims=(None, 0))(params.detach(), x)
+    w = params.detach()
+    if model(w, x[:1]).dim() == 1:
+        return vmap(grad(f), in_dims=(None, 0))(w, x)[:, None]
+    return vmap(jacrev(f), in_dims=(None, 0))(w, x)
 
 
 def _block_rows(row_size: int, itemsize: int, max_memory: int, parts: int) -> int:
@@ -53,13 +58,19 @@ def _block_rows(row_size: int, itemsize: int, max_memory: int, parts: int) -> in
 
 
 METHODS = ("auto", "structured", "jacobian")
+OUTPUTS = ("trace", "full")
 
 
 def ntk(
     model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY, method: str = "auto",
+    max_memory: int = DEFAULT_MAX_MEMORY, method: str = "auto", outputs: str = "trace",
 ) -> torch.Tensor:
-    """Theta(params; x1, x2) as an (n1, n2) matrix; x2 = None means x1 (symmetric).
+    """Theta(params; x1, x2); x2 = None means x1 (symmetric).
+
+    For k outputs, ``outputs`` = "trace" gives the (n1, n2) kernel summed over outputs,
+    Theta_ij = sum_c grad f_c(x_i) . grad f_c(x_j), and "full" the (n1 k, n2 k) kernel
+    Theta_(i,c),(j,c') = grad f_c(x_i) . grad f_c'(x_j), rows ordered sample-major
+    (row i k + c); for one output both are the (n1, n2) kernel.
 
     ``method``: "structured" (models with ``tangent_factors``: dense networks), "jacobian"
     (any model), or "auto" (structured where available). Memory: at most ``max_memory``
@@ -69,14 +80,16 @@ def ntk(
     """
     if method not in METHODS:
         raise ValueError(f"method = {method!r}: must be one of {', '.join(METHODS)}")
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs = {outputs!r}: must be one of {', '.join(OUTPUTS)}")
     structured = getattr(model, "has_tangent_factors", False)
     if method == "structured" and not structured:
         raise GflowError(f"the structured NTK needs dense layers; {type(getattr(model, 'module', model)).__name__} "
                          "has no tangent_factors: use method='jacobian'")
     try:
         if method != "jacobian" and structured:
-            return _ntk_structured(model, params, x1, x2, max_memory)
-        return _ntk_blocked(model, params, x1, x2, max_memory)
+            return _ntk_structured(model, params, x1, x2, max_memory, outputs == "full")
+        return _ntk_blocked(model, params, x1, x2, max_memory, outputs == "full")
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "allocate" not in str(e):
             raise
@@ -87,63 +100,83 @@ def ntk(
 
 
 def _ntk_structured(
-    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int
+    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int, full: bool
 ) -> torch.Tensor:
     w = params.detach()
     factors1 = model.tangent_factors(w, x1)
     factors2 = factors1 if x2 is None else model.tangent_factors(w, x2)
+    k = factors1[0][1].shape[0]
     n2 = len(x1) if x2 is None else len(x2)
-    out = params.new_zeros(len(x1), n2)
-    # two (rows x n2) Gram temporaries per layer are live at once
-    rows = _block_rows(n2, params.element_size(), max_memory, 2)
+    m = k if full else 1
+    out = params.new_zeros(len(x1) * m, n2 * m)
+    # two (rows x n2 m^2) Gram temporaries per layer are live at once
+    rows = _block_rows(n2 * m * m, params.element_size(), max_memory, 2)
     for i in range(0, len(x1), rows):
-        block = out[i : i + rows]
+        r = min(rows, len(x1) - i)
+        block = out[i * m : (i + r) * m]
         for (a1, d1), (a2, d2) in zip(factors1, factors2):
-            block.addcmul_(a1[i : i + rows] @ a2.T, d1[i : i + rows] @ d2.T)
+            inputs = a1[i : i + r] @ a2.T  # (r, n2)
+            if full:  # deltas (k, n, h): Gram over h for every pair of outputs
+                deltas = torch.einsum("cih,ejh->icje", d1[:, i : i + r], d2)
+                block.add_((inputs[:, None, :, None] * deltas).reshape(r * k, n2 * k))
+            else:
+                flat1 = d1[:, i : i + r].permute(1, 0, 2).reshape(r, -1)
+                block.addcmul_(inputs, flat1 @ d2.permute(1, 0, 2).reshape(n2, -1).T)
     return out
 
 
 def _ntk_blocked(
-    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int
+    model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None, max_memory: int, full: bool
 ) -> torch.Tensor:
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
     n_params, itemsize = params.numel(), params.element_size()
-    out = params.new_empty(len(x1), len(x2))
-    if len(x2) * n_params * itemsize <= max_memory // 2:
-        j2 = jacobian(model, params, x2)
-        rows = _block_rows(n_params, itemsize, max_memory // 2, 1)
+    k = 1 if model(params.detach(), x1[:1]).dim() == 1 else model(params.detach(), x1[:1]).shape[1]
+    m = k if full else 1
+
+    def rows_of(jac: torch.Tensor) -> torch.Tensor:  # (n, k, P) -> the kernel's factor rows
+        return jac.reshape(len(jac) * k, n_params) if full else jac.reshape(len(jac), k * n_params)
+
+    out = params.new_empty(len(x1) * m, len(x2) * m)
+    row = k * n_params  # numbers per sample
+    if len(x2) * row * itemsize <= max_memory // 2:
+        j2 = rows_of(jacobian(model, params, x2))
+        rows = _block_rows(row, itemsize, max_memory // 2, 1)
         for i in range(0, len(x1), rows):
-            j1 = j2[i : i + rows] if symmetric else jacobian(model, params, x1[i : i + rows])
-            out[i : i + rows] = j1 @ j2.T
+            j1 = j2[i * m : (i + rows) * m] if symmetric else rows_of(jacobian(model, params, x1[i : i + rows]))
+            out[i * m : (i + rows) * m] = j1 @ j2.T
         return out
-    rows = _block_rows(n_params, itemsize, max_memory, 2)
+    rows = _block_rows(row, itemsize, max_memory, 2)
     for i in range(0, len(x1), rows):
-        j1 = jacobian(model, params, x1[i : i + rows])
+        j1 = rows_of(jacobian(model, params, x1[i : i + rows]))
         for j in range(0, len(x2), rows):
+            target = out[i * m : (i + rows) * m, j * m : (j + rows) * m]
             if symmetric and j < i:
-                out[i : i + rows, j : j + rows] = out[j : j + rows, i : i + rows].T
+                target.copy_(out[j * m : (j + rows) * m, i * m : (i + rows) * m].T)
                 continue
-            j2 = j1 if (symmetric and i == j) else jacobian(model, params, x2[j : j + rows])
-            out[i : i + rows, j : j + rows] = j1 @ j2.T
+            j2 = j1 if (symmetric and i == j) else rows_of(jacobian(model, params, x2[j : j + rows]))
+            target.copy_(j1 @ j2.T)
     return out
 
 
-def ntk_loop(model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    """The same kernel from one autograd backward per sample: the slow, obvious reference."""
+def ntk_loop(model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None,
+             outputs: str = "trace") -> torch.Tensor:
+    """The same kernel from one autograd backward per sample and output: the slow, obvious reference."""
     x2 = x1 if x2 is None else x2
 
-    def grads(x: torch.Tensor) -> torch.Tensor:
+    def grads(x: torch.Tensor) -> torch.Tensor:  # (n, k, P)
         rows = []
         for xi in x:
             w = params.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(model(w, xi[None]).sum(), w)
-            rows.append(g)
+            f = model(w, xi[None])[0].reshape(-1)
+            rows.append(torch.stack([torch.autograd.grad(fc, w, retain_graph=True)[0] for fc in f]))
         return torch.stack(rows)
 
     g1 = grads(x1)
     g2 = g1 if x2 is x1 else grads(x2)
-    return g1 @ g2.T
+    if outputs == "full":
+        return g1.reshape(-1, g1.shape[-1]) @ g2.reshape(-1, g2.shape[-1]).T
+    return torch.einsum("icp,jcp->ij", g1, g2)
 
 
 def relative_change(theta: torch.Tensor, theta0: torch.Tensor) -> float:

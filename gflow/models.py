@@ -3,13 +3,16 @@
 A model is an ``nn.Module`` used only as a description of the architecture: training
 state lives in one flat tensor ``w``, and :class:`FlatModel` evaluates ``f(w, x)`` with
 ``torch.func.functional_call`` on views of ``w`` (no copy of the module per step, and the
-gradient with respect to ``w`` comes out flat).
+gradient with respect to ``w`` comes out flat). Any module works: gflow's own networks
+(:class:`FullyConnected`, :class:`ConvNet`) or the user's, mapping a batch to outputs of
+shape (n,) or (n, k).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from copy import deepcopy
 
 import numpy as np
 import torch
@@ -17,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from .errors import ConfigError
+from .references import qualified_name
 
 _RAW_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": nn.functional.softplus,
@@ -43,7 +47,7 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 class FullyConnected(nn.Module):
     """f(w, x) = kappa * c_L W^L phi(... phi(c_0 W^0 x)), with ``depth`` hidden layers of
-    ``width`` neurons and a scalar output.
+    ``width`` neurons and ``outputs`` outputs (a scalar output, shape (n,), when it is 1).
 
     Parametrizations (h = width, c_l the forward multiplier of layer l, d_l its fan-in):
       ntk         W ~ N(0, 1),    c_l = 1/sqrt(d_l) for every layer, the last one too
@@ -54,9 +58,10 @@ class FullyConnected(nn.Module):
     ``kappa`` scales the output at initialisation (Li, Luo, Zhou, seed 003). No biases.
     """
 
-    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0):
+    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0,
+                 outputs: int = 1):
         super().__init__()
-        sizes = [d] + [width] * depth + [1]
+        sizes = [d] + [width] * depth + [outputs]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(n_out, n_in)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
         )
@@ -86,20 +91,22 @@ class FullyConnected(nn.Module):
             z = products[-1] * c
             if i < last:
                 z = self.phi(z)
-        return self.kappa * z.squeeze(-1), inputs, products
+        return self.kappa * (z.squeeze(-1) if z.shape[-1] == 1 else z), inputs, products
 
     def tangent_factors(self, weights: list[torch.Tensor], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """For each layer l, (a_l, delta_l) with delta_l[i] = d f(x_i) / d u_l[i], so that the
-        per-sample gradient is the outer product d f(x_i) / d W_l = delta_l[i]^T a_l[i].
+        """For each layer l, (a_l, delta_l) with delta_l[c, i] = d f_c(x_i) / d u_l[i] (shape
+        (k, n, h_l), k = 1 for a scalar output), so that the per-sample gradient of output c is
+        the outer product d f_c(x_i) / d W_l = delta_l[c, i]^T a_l[i].
 
-        One forward and one backward of the batch: samples do not interact, so the gradient
-        of sum_i f(x_i) with respect to u_l holds every sample's delta_l at once. The graph
-        is recorded from the input (a leaf), so the weights need not require gradients.
+        One forward and one backward of the batch per output: samples do not interact, so the
+        gradient of sum_i f_c(x_i) with respect to u_l holds every sample's delta_l at once.
+        The graph is recorded from the input (a leaf), so the weights need not require gradients.
         """
         with torch.enable_grad():
             f, inputs, products = self._forward([w.detach() for w in weights], x.detach().requires_grad_(True))
-            deltas = torch.autograd.grad(f.sum(), products)
-        return [(a.detach(), d) for a, d in zip(inputs, deltas)]
+            columns = [f] if f.dim() == 1 else list(f.unbind(-1))
+            per_output = [torch.autograd.grad(fc.sum(), products, retain_graph=True) for fc in columns]
+        return [(a.detach(), torch.stack([d[layer] for d in per_output])) for layer, a in enumerate(inputs)]
 
 
 def _scales(fan_ins: list[int], width: int, parametrization: str) -> tuple[list[float], list[float]]:
@@ -121,18 +128,19 @@ def _reset(weights: nn.ParameterList, init_std: list[float], generator: torch.Ge
 class ConvNet(nn.Module):
     """f(w, x) = kappa * c_L w^L . mean_pixels phi(c_{L-1} W^{L-1} * ... phi(c_0 W^0 * x)):
     ``depth`` 3x3 convolutions of ``width`` channels (stride 1, zero padding), global
-    average pooling and a linear readout; no biases. Inputs are square images given
+    average pooling and a linear readout to ``outputs`` outputs; no biases. Inputs are square images given
     flattened (d = s^2 pixels). The parametrizations are those of :class:`FullyConnected`
     with fan-in 9 x channels for a convolution and ``width`` for the readout."""
 
-    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0):
+    def __init__(self, d: int, width: int, depth: int, act: str, parametrization: str, kappa: float = 1.0,
+                 outputs: int = 1):
         super().__init__()
         self.side = math.isqrt(d)
         if self.side**2 != d:
             raise ConfigError("arch", "cnn", f"needs square images, but the inputs have d = {d}, not s x s")
         channels = [1] + [width] * depth
         convs = [nn.Parameter(torch.empty(c_out, c_in, 3, 3)) for c_in, c_out in zip(channels[:-1], channels[1:])]
-        self.weights = nn.ParameterList([*convs, nn.Parameter(torch.empty(1, width))])
+        self.weights = nn.ParameterList([*convs, nn.Parameter(torch.empty(outputs, width))])
         self.multipliers, self.init_std = _scales([9 * c for c in channels[:-1]] + [width], width, parametrization)
         self.phi = activation(act)
         self.kappa = kappa
@@ -146,33 +154,46 @@ class ConvNet(nn.Module):
         for w, c in zip(convs, self.multipliers):
             z = self.phi(nn.functional.conv2d(z, w, padding=1) * c)
         pooled = z.mean(dim=(2, 3))
-        return self.kappa * (pooled @ readout.T * self.multipliers[-1]).squeeze(-1)
+        out = pooled @ readout.T * self.multipliers[-1]
+        return self.kappa * (out.squeeze(-1) if out.shape[-1] == 1 else out)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"fc": FullyConnected, "cnn": ConvNet}
 
 
-class FlatModel:
-    """Evaluates a module with all its parameters taken from one flat vector ``w``.
+# Layers whose output depends on train/eval mode: a gradient flow needs a deterministic
+# function of w, so modules are always evaluated in eval mode (recorded in the description).
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
-    ``model(w, x)`` returns f(w, x) (raw: not centred, not scaled by alpha). ``w0`` is the
-    module's own parameters flattened; ``layers`` gives the slice of ``w`` of each tensor.
+
+class FlatModel:
+    """Evaluates a module with its trainable parameters taken from one flat vector ``w``.
+
+    ``model(w, x)`` returns f(w, x) (raw: not centred, not scaled by alpha), of shape (n,)
+    for one output (an (n, 1) output is read as (n,)) or (n, k). ``w0`` is the module's own
+    trainable parameters flattened; ``layers`` gives the slice of ``w`` of each tensor.
+    Parameters with ``requires_grad=False`` and buffers are carried as constants. The
+    module is put in eval mode: BatchNorm then uses its running statistics and Dropout is
+    off, so f is a deterministic function of w, as a gradient flow needs.
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        named = list(module.named_parameters())
+        self.module = module.eval()
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError("model", qualified_name(module), "has no trainable parameters (requires_grad=True)")
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
         offsets = np.cumsum([0] + self.sizes)
         self.layers = {n: slice(int(a), int(b)) for n, a, b in zip(self.names, offsets[:-1], offsets[1:])}
         self.n_params = int(offsets[-1])
+        self._w0 = torch.cat([p.detach().reshape(-1) for _, p in named])
         self._functional = getattr(module, "functional", None)
 
     @property
     def w0(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+        return self._w0.clone()
 
     def parts(self, w: torch.Tensor) -> list[torch.Tensor]:
         """The module's parameter tensors as views of ``w``: what :meth:`apply` takes."""
@@ -182,7 +203,8 @@ class FlatModel:
         """f(x) with the parameter tensors ``parts`` (those of :meth:`parts`, or leaves made from them)."""
         if self._functional is not None:  # weights passed straight in: functional_call's swapping cost ~10%
             return self._functional(parts, x)
-        return functional_call(self.module, dict(zip(self.names, parts)), (x,))
+        out = functional_call(self.module, dict(zip(self.names, parts)), (x,))
+        return out[:, 0] if out.dim() == 2 and out.shape[1] == 1 else out
 
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.apply(self.parts(w), x)
@@ -196,15 +218,42 @@ class FlatModel:
         """The module's (a_l, delta_l) per layer at parameters ``w`` (see FullyConnected)."""
         return self.module.tangent_factors(self.parts(w), x)
 
+    def describe(self) -> dict[str, object]:
+        """What the file records of the network, readable without the user's code: class,
+        repr, trainable parameters (names and shapes), frozen parameters, buffers, and the
+        layers whose behaviour depends on train/eval mode (run in eval mode)."""
+        module = self.module
+        return {
+            "class": qualified_name(module),
+            "repr": repr(module)[:4000],
+            "parameters": [[n, list(s)] for n, s in zip(self.names, self.shapes)],
+            "frozen": [n for n, p in module.named_parameters() if not p.requires_grad],
+            "buffers": [[n, list(b.shape)] for n, b in module.named_buffers()],
+            "eval_mode_layers": [n for n, m in module.named_modules() if isinstance(m, _MODE_DEPENDENT)],
+        }
+
+
+def prepare(module: object, dtype: torch.dtype, device: torch.device) -> FlatModel:
+    """A user's module ready to integrate: checked to be an ``nn.Module``, copied (the
+    caller's object is never changed), cast to ``dtype`` and moved to ``device``."""
+    if not isinstance(module, nn.Module):
+        raise ConfigError("model", qualified_name(module), "must be a torch.nn.Module (the factory returned "
+                          f"a {type(module).__name__})")
+    try:
+        copy = deepcopy(module)
+    except Exception as e:
+        raise ConfigError("model", qualified_name(module), f"cannot be copied ({type(e).__name__}: {e})") from None
+    return FlatModel(copy.to(device=device, dtype=dtype))
+
 
 def build_model(
     d: int, arch: str, depth: int, width: int, act: str, parametrization: str, kappa: float,
-    seed: int, dtype: torch.dtype, device: torch.device,
+    seed: int, dtype: torch.dtype, device: torch.device, outputs: int = 1,
 ) -> FlatModel:
-    """The network of a run, initialised from ``seed`` (same seed, same w0, on any device)."""
+    """The built-in network of a run, initialised from ``seed`` (same seed, same w0, on any device)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch = {arch!r}: must be one of {', '.join(ARCHITECTURES)}")
-    module = ARCHITECTURES[arch](d, width, depth, act, parametrization, kappa).to(dtype)
+    module = ARCHITECTURES[arch](d, width, depth, act, parametrization, kappa, outputs).to(dtype)
     module.reset_parameters(torch.Generator().manual_seed(seed))
     return FlatModel(module.to(device))
 
@@ -243,3 +292,6 @@ class Linearized:
     def tangent_factors(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Those of the network at w0 for every w: the linearised model's Jacobian is J0."""
         return self.model.tangent_factors(self.w0, x)
+
+    def describe(self) -> dict[str, object]:
+        return {**self.model.describe(), "linearized": True}

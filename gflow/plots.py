@@ -15,7 +15,7 @@ import pandas as pd
 
 from .catalog import catalog, ensemble, fluctuation_exponents
 from .errors import GflowError
-from .store import Trajectory
+from .store import TrajectoryFile
 
 KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble")
 
@@ -78,7 +78,7 @@ def learning_curves_figure(directory: str | Path):
     scales = np.log10(table["scale"].to_numpy())
     lo, hi = scales.min(), max(scales.max(), scales.min() + 1e-9)
     for (_, row), s in zip(table.iterrows(), scales):
-        saves = Trajectory(Path(directory) / row["file"]).saves
+        saves = TrajectoryFile(Path(directory) / row["file"]).saves
         saves = saves[saves["t"] > 0]
         color = cmap((s - lo) / (hi - lo))
         axes[0, 0].plot(saves["t"], saves["test_err"], color=color, lw=1)

@@ -10,77 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from solvers import (
-    Adaptive,
-    Chebyshev,
-    Condition,
-    Counters,
-    Euler,
-    ExactMomentum,
-    ExponentialRosenbrock,
-    GradientRatio,
-    LocalError,
-    MaxSteps,
-    RatioTarget,
-    Stop,
-    TorchDiffEq,
-    WallClock,
-    integrate,
-)
-from solvers.events import Event
-from solvers.method import Method
+from solvers import Counters, Stop, integrate
 
-from .config import NATIVE_SOLVERS, RunConfig
+from .config import RunConfig
 from .errors import GflowError, OutputExists
-from .flow import GradientFlow, build
+from .flow import DataArg, GradientFlow, build
+from .losses import Loss
+from .methods import make_events, make_method, save_times
 from .progress import ProgressBar
-from .store import Trajectory, TrajectoryWriter
-
-
-def save_times(cfg: RunConfig) -> list[float]:
-    """t = 0, then ``saves`` times log-spaced from ``save_t_min`` to ``t_end`` (included)."""
-    if cfg.save_t_min >= cfg.t_end:
-        return [0.0, cfg.t_end]
-    times = np.geomspace(cfg.save_t_min, cfg.t_end, cfg.saves)
-    times[-1] = cfg.t_end
-    return [0.0, *np.unique(times).tolist()]
-
-
-def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
-    """The method a config asks for: a torchdiffeq method; the exponential Rosenbrock or the
-    Runge-Kutta-Chebyshev stepper under local error control (rtol, atol); or the native stepper (Euler for
-    gradient flow, exact momentum for momentum flow) under the paper's controller or the
-    ratio-target one. The output bound is max_dout / alpha on the raw outputs, i.e.
-    max_dout on the scaled outputs alpha (f - f0) (seed 001)."""
-    if cfg.solver not in NATIVE_SOLVERS:
-        return TorchDiffEq(cfg.solver, rtol=cfg.rtol, atol=cfg.atol, step_size=cfg.dt)
-    if cfg.solver == "exponential":
-        # Krylov coefficients a tenth of rtol: their error then stays below the step's own.
-        stepper = ExponentialRosenbrock(krylov_tol=cfg.rtol / 10)
-        return Adaptive(stepper, LocalError(cfg.rtol, cfg.atol, estimate=stepper.error_estimate), dt0=cfg.dt0)
-    if cfg.solver == "chebyshev":
-        return Adaptive(Chebyshev(seed=cfg.seed), LocalError(rtol=cfg.rtol, atol=cfg.atol), dt0=cfg.dt0)
-    bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha)
-    controller = GradientRatio(**bounds) if cfg.controller == "paper" else RatioTarget(**bounds)
-    stepper = ExactMomentum(cfg.tau) if flow.momentum else Euler()
-    return Adaptive(stepper, controller, dt0=cfg.dt0)
-
-
-def make_events(cfg: RunConfig, flow: GradientFlow) -> list[Event]:
-    events: list[Event] = []
-    if cfg.stop_margin is not None:
-        margin = cfg.stop_margin
-
-        def all_fitted(ev) -> bool:
-            return bool((flow.scaled(ev.aux["f"], "train") * flow.y_train >= margin).all())
-
-        events.append(Condition(all_fitted, f"every training margin alpha*y*(f - f0) >= {margin:g}"))
-    if cfg.max_wall is not None:
-        events.append(WallClock(cfg.max_wall))
-    if cfg.max_steps is not None:
-        events.append(MaxSteps(cfg.max_steps))
-    return events
+from .store import TrajectoryWriter
+from .trajectory import Trajectory, matching_flow
 
 
 class Interrupted(KeyboardInterrupt):
@@ -149,8 +90,15 @@ def _integrate_into(
         raise Interrupted(signals.signame)
 
 
-def run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: bool | None = None) -> Trajectory:
+def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
+        loss: Loss | str | None = None, overwrite: bool = False, progress: bool | None = None) -> Trajectory:
     """Integrate the run ``cfg`` and store it densely in the HDF5 file ``out``.
+
+    ``model`` (any ``torch.nn.Module`` with outputs of shape (n,) or (n, k)), ``data``
+    (``(x_train, y_train, x_test, y_test)`` or ``(x_train, y_train)``, tensors or arrays) and
+    ``loss`` (a name or a callable ``loss(a, y) -> per-sample losses`` on a = alpha (f - f0))
+    replace the config's; see :func:`gflow.build`. A run made from objects is read back,
+    resumed or analysed by passing the same objects again.
 
     Every input is checked before the file is created, so bad input leaves nothing behind.
     A run that raises is recorded as ``failed`` with the error; SIGINT/SIGTERM stop it
@@ -158,24 +106,35 @@ def run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, progress: b
     bar only on a terminal.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExists(f"output {out} exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.parent.is_dir():
-        raise GflowError(f"output directory {out.parent} does not exist")
-    flow = build(cfg)
+    _check_output(out, overwrite)
+    flow = build(cfg, model=model, data=data, loss=loss)
     writer = TrajectoryWriter(out, flow, overwrite=overwrite)
     _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)
-    return Trajectory(out)
+    return Trajectory(out, model=model, data=data, loss=loss)
 
 
-def resume(path: str | Path, *, max_steps: int | None = None, max_wall: float | None = None,
+def _check_output(out: Path, overwrite: bool) -> None:
+    """An output path a new run may create: its directory exists, and it is absent, or a
+    regular file and ``overwrite`` is given (a directory, device or other node never is)."""
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise GflowError(f"output {out} exists and is not a regular file; --overwrite replaces only files")
+        if not overwrite:
+            raise OutputExists(f"output {out} exists; pass --overwrite (overwrite=True) to replace it")
+    if not out.parent.is_dir():
+        raise GflowError(f"output directory {out.parent} does not exist")
+
+
+def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
+           loss: Loss | str | None = None, max_steps: int | None = None, max_wall: float | None = None,
            progress: bool | None = None) -> Trajectory:
     """Continue a killed (``running``) or ``stopped`` run from its last complete save: state,
     velocity, step size and counters come from the file. For the native steppers the
     continuation is bitwise the uninterrupted run (it pays one evaluation to restart); for
     torchdiffeq methods it agrees to the method's tolerance. ``max_steps`` and ``max_wall``
     replace the stored budgets (both count the whole run, earlier parts included); None
-    keeps them. A run another live process is writing is refused."""
+    keeps them. A run another live process is writing is refused. A run made from Python
+    objects needs them again (``model``, ``data``, ``loss``), checked against the file."""
     traj = Trajectory(path)
     if traj.status not in ("running", "stopped"):
         raise GflowError(f"{path}: status {traj.status}; only running (killed) or stopped runs can be resumed")
@@ -187,13 +146,14 @@ def resume(path: str | Path, *, max_steps: int | None = None, max_wall: float | 
     cfg = traj.config.replace(**budgets)
     last = traj.saves.iloc[-1]
     t_last = float(last["t"])
-    flow = build(cfg)
+    flow = matching_flow(traj, model=model, data=data, loss=loss)
+    flow.cfg = cfg  # new budgets only: the ODE is the same, and the file records them
     writer = TrajectoryWriter(path, flow, resume=True)
     if t_last >= cfg.t_end:
         writer.finish(Stop("finished", "reached t_end"), None)
-        return Trajectory(path)
+        return Trajectory(path, model=model, data=data, loss=loss)
     counters = Counters(int(last["step"]), int(last["evals"]), float(last["wall"]), len(traj))
     dt = None if np.isnan(last["dt"]) else float(last["dt"])
     state = traj.state(-1).to(flow.w0)
     _integrate_into(writer, flow, state, t_last, [t for t in save_times(cfg) if t > t_last], progress, dt, counters)
-    return Trajectory(path)
+    return Trajectory(path, model=model, data=data, loss=loss)

@@ -118,7 +118,7 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
     """Bring one run of a sweep to an end state and report it; never raises (a failing run
     must not stop the others). Writes ``<path minus .h5>.log``."""
     from .run import resume, run
-    from .store import Trajectory
+    from .store import TrajectoryFile
 
     if threads:
         import torch
@@ -131,7 +131,7 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
         action = _action(out, cfg)
         log.info("%s %s", action, out.name)
         if action == "skip":
-            traj = Trajectory(out)
+            traj = TrajectoryFile(out)
         elif action == "resume":
             traj = resume(out, progress=False)
         else:
@@ -155,12 +155,12 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
 
 def _action(out: Path, cfg: RunConfig) -> str:
     """skip a finished run, resume a killed or stopped one, (re)do a failed, missing or unreadable one."""
-    from .store import Trajectory
+    from .store import TrajectoryFile
 
     if not out.exists():
         return "run"
     try:
-        traj = Trajectory(out)
+        traj = TrajectoryFile(out)
     except GflowError:
         return "run"
     if traj.config != cfg and traj.config.replace(max_steps=cfg.max_steps, max_wall=cfg.max_wall) != cfg:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .geometry import first_crossing
-from .store import open_trajectory
+from .trajectory import open_trajectory
 
 
 def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:

@@ -1,8 +1,12 @@
 import math
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gflow import ConfigError, GflowError, RunConfig
+from gflow.config import FIELD_TYPES
 
 
 @pytest.mark.parametrize(
@@ -57,3 +61,43 @@ def test_unreadable_or_invalid_toml_is_a_clear_error(tmp_path, text, message):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(GflowError, match="cannot read config"):
         RunConfig.load(tmp_path / "absent.toml")
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.lists(st.integers(-3, 12), max_size=4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.sampled_from(sorted(FIELD_TYPES)), _VALUES, max_size=6))
+def test_random_configs_are_valid_or_one_clean_error(data):
+    try:
+        cfg = RunConfig.from_dict(data)
+    except GflowError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: b.decode("latin-1"))))
+def test_random_toml_text_is_a_config_or_one_clean_error(tmp_path, text):
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+    try:
+        RunConfig.load(path)
+    except GflowError as e:
+        assert str(e)
+
+
+def test_config_parsing_never_evaluates_code(tmp_path):
+    path = tmp_path / "evil.toml"
+    path.write_text('dataset = "__import__(\'os\').system(\'touch pwned\')"\n')
+    with pytest.raises(GflowError, match="dataset"):
+        RunConfig.load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_float_fields_reject_nan_and_infinite_budgets_are_clean(tmp_path):
+    with pytest.raises(GflowError, match="alpha"):
+        RunConfig(alpha=float("nan"))
+    assert np.isfinite(RunConfig().t_end)

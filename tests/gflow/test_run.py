@@ -20,7 +20,7 @@ def test_every_documented_dataset_is_present(stored):
     with h5py.File(stored.path) as f:
         for name in REQUIRED + ("saves/state", "saves/dstate"):
             assert name in f, name
-        assert f.attrs["format"] == "gflow-trajectory" and f.attrs["format_version"] == 3
+        assert f.attrs["format"] == "gflow-trajectory" and f.attrs["format_version"] == 4
     assert stored.status == "finished" and stored.stop_reason == "reached t_end"
     assert stored.config == CFG
 

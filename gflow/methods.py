@@ -1,0 +1,72 @@
+"""What a config asks the integrator for: the method, the stop events and the save times."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import (
+    Adaptive,
+    Chebyshev,
+    Condition,
+    Euler,
+    ExactMomentum,
+    ExponentialRosenbrock,
+    GradientRatio,
+    LocalError,
+    MaxSteps,
+    RatioTarget,
+    TorchDiffEq,
+    WallClock,
+)
+from solvers.events import Event
+from solvers.method import Method
+
+from .config import NATIVE_SOLVERS, RunConfig
+from .flow import GradientFlow
+from .losses import margins
+
+
+def save_times(cfg: RunConfig) -> list[float]:
+    """t = 0, then ``saves`` times log-spaced from ``save_t_min`` to ``t_end`` (included)."""
+    if cfg.save_t_min >= cfg.t_end:
+        return [0.0, cfg.t_end]
+    times = np.geomspace(cfg.save_t_min, cfg.t_end, cfg.saves)
+    times[-1] = cfg.t_end
+    return [0.0, *np.unique(times).tolist()]
+
+
+def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
+    """The method a config asks for: a torchdiffeq method; the exponential Rosenbrock or the
+    Runge-Kutta-Chebyshev stepper under local error control (rtol, atol); or the native stepper (Euler for
+    gradient flow, exact momentum for momentum flow) under the paper's controller or the
+    ratio-target one. The output bound is max_dout / alpha on the raw outputs, i.e.
+    max_dout on the scaled outputs alpha (f - f0) (seed 001)."""
+    if cfg.solver not in NATIVE_SOLVERS:
+        return TorchDiffEq(cfg.solver, rtol=cfg.rtol, atol=cfg.atol, step_size=cfg.dt)
+    if cfg.solver == "exponential":
+        # Krylov coefficients a tenth of rtol: their error then stays below the step's own.
+        stepper = ExponentialRosenbrock(krylov_tol=cfg.rtol / 10)
+        return Adaptive(stepper, LocalError(cfg.rtol, cfg.atol, estimate=stepper.error_estimate), dt0=cfg.dt0)
+    if cfg.solver == "chebyshev":
+        return Adaptive(Chebyshev(seed=cfg.seed), LocalError(rtol=cfg.rtol, atol=cfg.atol), dt0=cfg.dt0)
+    bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha)
+    controller = GradientRatio(**bounds) if cfg.controller == "paper" else RatioTarget(**bounds)
+    stepper = ExactMomentum(cfg.tau) if flow.momentum else Euler()
+    return Adaptive(stepper, controller, dt0=cfg.dt0)
+
+
+def make_events(cfg: RunConfig, flow: GradientFlow) -> list[Event]:
+    """The config's stop events: every training margin reached, a wall-clock or step budget."""
+    events: list[Event] = []
+    if cfg.stop_margin is not None:
+        margin = cfg.stop_margin
+
+        def all_fitted(ev) -> bool:
+            return bool((margins(flow.scaled(ev.aux["f"], "train"), flow.y_train) >= margin).all())
+
+        events.append(Condition(all_fitted, f"every training margin >= {margin:g}"))
+    if cfg.max_wall is not None:
+        events.append(WallClock(cfg.max_wall))
+    if cfg.max_steps is not None:
+        events.append(MaxSteps(cfg.max_steps))
+    return events

@@ -1,0 +1,192 @@
+"""The HDF5 trajectory format: its names, versions, checks and upgrades (docs/FORMAT.md).
+
+Everything here is about the file, not about networks: the writer and the reader share
+these names and helpers, and nothing here imports a model or user code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import FileFormatError
+
+FORMAT = "gflow-trajectory"
+FORMAT_VERSION = 4
+# Version 2 lacks /steps/error_ratio (read as NaN); versions 2 and 3 lack the model, data
+# and loss descriptions of version 4 (read as the built-in ones their config names). Both
+# are upgraded in place on resume.
+READ_VERSIONS = (2, 3, 4)
+REASON_BYTES = 512
+
+STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected", "evals", "wall")
+ADDED_IN_3 = ("steps/error_ratio",)
+SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
+REQUIRED = (
+    "run/status", "run/stop_reason", "run/next_dt", "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
+    *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),
+    "saves/f_train", "saves/f_test", "saves/weight_change",
+)
+# Root attributes holding JSON descriptions (version 4): where the model, data and loss came from.
+SOURCES = ("model", "data", "loss")
+
+
+def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype: Any = "f8") -> None:
+    """An extendable dataset of rows of shape ``row`` (() for scalars), empty."""
+    # HDF5 chunks must be non-empty and fit fixed dimensions; a row with a zero-size
+    # dimension (no test split) gets unlimited trailing dimensions and unit chunks.
+    empty = any(n == 0 for n in row)
+    maxshape = (None, *((None,) * len(row) if empty else row))
+    chunks = (1024,) if not row else (1, *(max(n, 1) for n in row))
+    # No compression: float64 parameters and outputs compress by a few percent at best,
+    # and gzip on a 26,500-parameter state costs ~6 ms per row (measured), 5% of a run.
+    group.create_dataset(name, shape=(0, *row), maxshape=maxshape, dtype=dtype, chunks=chunks)
+
+
+def append(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    """Extend ``ds`` along its first axis by ``rows`` (same trailing shape).
+
+    Written through h5py's low-level API: the high-level resize and slice assignment
+    spend ~0.17 ms of Python per call, three times the write itself, and a save appends
+    ~25 rows (measured: 3% of the default run's wall time, 1% this way)."""
+    rows = np.ascontiguousarray(rows, dtype=ds.dtype)
+    if rows.size == 0:
+        ds.resize(ds.shape[0] + rows.shape[0], axis=0)
+        return
+    dsid = ds.id
+    n = dsid.shape[0]
+    dsid.set_extent((n + rows.shape[0], *rows.shape[1:]))
+    target = dsid.get_space()
+    target.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
+    dsid.write(h5py.h5s.create_simple(rows.shape), target, rows)
+
+
+def committed(f: h5py.File, name: str) -> int:
+    """Rows of ``name`` that belong to complete saves (or complete kernel snapshots):
+    a reader running beside the writer may see tables one row ahead of the marker."""
+    group = name.split("/")[0]
+    if group == "saves":
+        return f["saves/t"].shape[0]
+    if group == "kernel":
+        return f["kernel/t"].shape[0]
+    if group == "steps":
+        return min(f[f"steps/{c}"].shape[0] for c in STEP_COLUMNS if c in f["steps"])
+    return f[name].shape[0] if f[name].shape else 0
+
+
+@contextmanager
+def open_file(path: Path) -> Iterator[h5py.File]:
+    """Open for reading, also while a SWMR writer appends; HDF5's low-level errors on a
+    damaged file become one FileFormatError naming the file.
+
+    A closed file is opened plainly, so HDF5 checks it whole (end of file, checksums) and
+    fails fast; only a file marked open-for-write (a live or killed run) is opened in SWMR
+    mode, whose reader retries failed checksums for a while, expecting a writer to fix them.
+    """
+    if path.exists() and not path.is_file():
+        raise FileFormatError(f"{path}: not a file (a trajectory is one HDF5 file)")
+    try:
+        with _open_plain_or_swmr(path) as f:
+            yield f
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        if isinstance(e, FileNotFoundError) and not path.exists():
+            raise FileFormatError(f"{path}: no such file") from None
+        raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({str(e).splitlines()[0]})") from None
+
+
+TRUNCATION_WAIT_S = 0.2
+
+
+def _open_plain_or_swmr(path: Path) -> h5py.File:
+    """h5py.File for reading: plainly, or in SWMR mode when a writer holds the file open.
+
+    A live writer's flush can leave the end-of-file address in the superblock ahead of the
+    bytes on disk for a moment, and HDF5 then reports a "truncated file" before it looks
+    at the open-for-write flag; the writer's flush completes the file within milliseconds,
+    so a truncation is retried for ``TRUNCATION_WAIT_S`` before it counts as damage."""
+    deadline = time.monotonic() + TRUNCATION_WAIT_S
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            if "already open for write" in str(e):
+                return h5py.File(path, "r", swmr=True)
+            if "truncated file" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def version_of(f: h5py.File) -> int:
+    try:
+        return int(f.attrs.get("format_version", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
+def check(path: Path) -> None:
+    """Raise FileFormatError unless ``path`` is a complete gflow trajectory we can read."""
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    with open_file(path) as f:
+        if f.attrs.get("format") != FORMAT:
+            raise FileFormatError(f"{path}: not a gflow trajectory (format attribute {f.attrs.get('format')!r})")
+        version = version_of(f)
+        if version not in READ_VERSIONS:
+            raise FileFormatError(
+                f"{path}: trajectory format version {version}; this gflow reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}" + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
+            )
+        for name in REQUIRED:
+            if version < 3 and name in ADDED_IN_3:
+                continue
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
+        if version >= 4:
+            for name in SOURCES:
+                try:
+                    json.loads(f.attrs[name])
+                except (KeyError, TypeError, ValueError):
+                    raise FileFormatError(f"{path}: missing or unreadable /{name} description (damaged file)") from None
+        n = f["saves/t"].shape[0]
+        for name, ds in f["saves"].items():
+            if ds.shape[0] < n:
+                raise FileFormatError(f"{path}: /saves/{name} has fewer rows than /saves/t (damaged file)")
+
+
+def sources_of(f: h5py.File) -> dict[str, dict[str, Any]]:
+    """The model, data and loss descriptions; a file older than version 4 ran gflow's own
+    network, data and loss, which its config names."""
+    if version_of(f) >= 4:
+        return {name: json.loads(f.attrs[name]) for name in SOURCES}
+    config = json.loads(f.attrs["config"])
+    return {
+        "model": {"source": "builtin", "arch": config.get("arch", "fc")},
+        "data": {"source": "builtin", "dataset": config.get("dataset", "digits")},
+        "loss": {"source": "builtin", "name": config.get("loss", "softhinge")},
+    }
+
+
+def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]]) -> None:
+    """Bring a version-2 or -3 file opened for resuming to version 4: a version-2 file's
+    earlier steps get NaN error ratios (they were not recorded); the model, data and loss
+    descriptions of the run's rebuilt problem are added. Runs before SWMR mode, which
+    forbids new datasets and attributes."""
+    version = version_of(f)
+    if version >= FORMAT_VERSION:
+        return
+    if version < 3:
+        n = committed(f, "steps/t")
+        for name in ADDED_IN_3:
+            group, column = name.split("/")
+            create_table(f[group], column)
+            append(f[name], np.full(n, np.nan))
+    for name in SOURCES:
+        f.attrs[name] = json.dumps(sources[name])
+    f.attrs["format_version"] = 4  # not FORMAT_VERSION: a later version's additions are not made here

@@ -1,0 +1,163 @@
+"""The reader: everything a trajectory file stores, as arrays and tables. Pure I/O.
+
+Opening a file never builds a network nor imports the user's code: the model, data and
+loss are known here only by their recorded descriptions. Analysis that needs the model
+(kernels of stored states, replay, curvature) lives in :mod:`gflow.trajectory`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..errors import FileFormatError
+from .format import SAVE_SCALARS, STEP_COLUMNS, check, committed, open_file, sources_of, version_of
+
+if TYPE_CHECKING:  # pandas is imported only when a table is read
+    import pandas as pd
+
+
+class TrajectoryFile:
+    """A stored run, queried lazily: each accessor opens the file, reads what it needs and
+    closes it, so a reader holds no handle between queries. Safe to use while the run is
+    still being written (HDF5 SWMR): it sees every save completed so far."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        check(self.path)
+        self.config = RunConfig.from_json(self.attrs["config"], f"{self.path} /config")
+
+    def _file(self) -> contextlib.AbstractContextManager[h5py.File]:
+        return open_file(self.path)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The immutable root attributes: format, config, versions, device, created, n_params,
+        and (version 4) the model, data and loss descriptions as JSON."""
+        with self._file() as f:
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+    @property
+    def format_version(self) -> int:
+        with self._file() as f:
+            return version_of(f)
+
+    @property
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Where the model, data and loss came from: ``{"model": {...}, "data": {...},
+        "loss": {...}}``, each with ``source`` (builtin, factory/loader/reference, or object/
+        arrays: Python objects the file cannot rebuild) and what was recorded of it (class,
+        parameter names and shapes, digests, references and their arguments)."""
+        with self._file() as f:
+            return sources_of(f)
+
+    def _run_field(self, name: str) -> Any:
+        value = self.read(f"run/{name}")
+        return value.decode() if isinstance(value, bytes) else float(value)
+
+    @property
+    def status(self) -> str:
+        """running, finished, stopped or failed."""
+        return self._run_field("status")
+
+    @property
+    def stop_reason(self) -> str:
+        return self._run_field("stop_reason")
+
+    def has(self, name: str) -> bool:
+        """Whether the file holds the dataset or group ``name`` (e.g. "kernel")."""
+        with self._file() as f:
+            return name in f
+
+    def read_attr(self, group: str, name: str) -> Any:
+        """An attribute of a group (e.g. the data digest), or None when absent."""
+        with self._file() as f:
+            value = f[group].attrs.get(name) if group in f else None
+        return value.item() if isinstance(value, np.generic) else value
+
+    def read(self, name: str) -> np.ndarray:
+        """Any dataset by path, e.g. ``read("saves/test_err")``; tables of saves, steps and
+        kernel snapshots hold only complete rows."""
+        with self._file() as f:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise FileFormatError(f"{self.path}: no dataset /{name}")
+            ds = f[name]
+            if ds.shape and name.split("/")[0] in ("saves", "steps", "kernel"):
+                return ds[: committed(f, name)]
+            return ds[()]
+
+    @property
+    def save_times(self) -> np.ndarray:
+        return self.read("saves/t")
+
+    def __len__(self) -> int:
+        with self._file() as f:
+            return f["saves/t"].shape[0]
+
+    def _row(self, name: str, i: int) -> np.ndarray:
+        with self._file() as f:
+            if name not in f:
+                raise FileFormatError(f"{self.path}: no dataset /{name} (was the run saved without states?)")
+            n = f["saves/t"].shape[0]
+            if not -n <= i < n:
+                raise IndexError(f"save index {i} out of range for {n} saves")
+            return f[name][i % n]
+
+    def outputs(self, i: int, split: str = "train") -> np.ndarray:
+        """Raw outputs f(w(t_i), x) on ``split`` ("train" or "test") at the i-th save:
+        shape (n,) for one output, (n, k) for k."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split = {split!r}: must be train or test")
+        return self._row(f"saves/f_{split}", i)
+
+    def state(self, i: int) -> torch.Tensor:
+        """The flat ODE state at the i-th save (w, or (w, v) for momentum)."""
+        return torch.from_numpy(self._row("saves/state", i))
+
+    def derivative(self, i: int) -> torch.Tensor:
+        """dy/dt at the i-th save."""
+        return torch.from_numpy(self._row("saves/dstate", i))
+
+    def _table(self, group: str, columns: Sequence[str]) -> pd.DataFrame:
+        import pandas as pd
+
+        with self._file() as f:
+            n = committed(f, f"{group}/{columns[0]}")
+            # A column added by a later format version reads as NaN in an older file.
+            return pd.DataFrame({c: f[f"{group}/{c}"][:n] if c in f[group] else np.full(n, np.nan) for c in columns})
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
+        return self._table("steps", STEP_COLUMNS)
+
+    @property
+    def saves(self) -> pd.DataFrame:
+        """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
+        return self._table("saves", SAVE_SCALARS)
+
+    def stored_kernel_change(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F) of the snapshots taken during
+        the run (empty arrays when it took none)."""
+        if not self.has("kernel/t"):
+            return np.zeros(0), np.zeros(0)
+        return self.read("kernel/t"), self.read("kernel/change")
+
+    def summary(self) -> dict[str, Any]:
+        """Status, stop reason, and the last save's scalars (t, step, evals, wall, losses,
+        errors): reads one row of each table, so a catalog of many runs stays cheap."""
+        with self._file() as f:
+            n = f["saves/t"].shape[0]
+            last = {c: float(f[f"saves/{c}"][n - 1]) for c in SAVE_SCALARS} if n else {}
+            run = {k: f[f"run/{k}"][()] for k in ("status", "stop_reason")}
+        for c in ("step", "evals"):
+            if c in last:
+                last[c] = int(last[c])
+        return {k: v.decode() for k, v in run.items()} | last

@@ -1,0 +1,324 @@
+"""The streaming writer: an observer that writes a run into its HDF5 file as it goes.
+
+Protocol (docs/FORMAT.md): SWMR mode, every dataset created before the first step, each
+save's rows appended and flushed before its commit marker ``/saves/t``, an exclusive lock
+beside the file for the writer's lifetime.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+import torch
+
+from solvers import Observer, SaveRecord, StepRecord, Stop
+
+from ..errors import GflowError, RunBusy
+from ..kernels import ntk, relative_change
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    REASON_BYTES,
+    SAVE_SCALARS,
+    STEP_COLUMNS,
+    append,
+    create_table,
+    open_file,
+    upgrade,
+)
+
+if TYPE_CHECKING:
+    from ..flow import GradientFlow
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> str:
+    import torchdiffeq
+
+    return json.dumps({
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+        "h5py": h5py.__version__, "torchdiffeq": torchdiffeq.__version__, "gflow": _gflow_version(),
+    })
+
+
+def _gflow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def w0_digest(w0: torch.Tensor) -> str:
+    """SHA-256 of the initial parameters' bytes (as stored in /init/w0)."""
+    return hashlib.sha256(np.ascontiguousarray(w0.detach().cpu().numpy()).tobytes()).hexdigest()
+
+
+def sources(flow: GradientFlow) -> dict[str, dict]:
+    """The model, data and loss descriptions a file records (root attributes, JSON)."""
+    return {
+        "model": {**flow.sources.get("model", {}), "outputs": flow.outputs_k, "n_params": flow.n_params,
+                  "w0_sha256": w0_digest(flow.w0)},
+        "data": {**flow.sources.get("data", {}), "digest": flow.data.digest(),
+                 "x_shape": list(flow.x_train.shape[1:]), "x_dtype": str(flow.x_train.dtype).removeprefix("torch."),
+                 "y_dtype": str(flow.y_train.dtype).removeprefix("torch.")},
+        "loss": flow.sources.get("loss", {}),
+    }
+
+
+class TrajectoryWriter(Observer):
+    """Streams a run into ``path`` in HDF5 SWMR mode, so other processes can read it while
+    it grows and a killed run leaves a valid file.
+
+    Step rows are buffered and written, with the save row, at every save; ``saves/t`` is
+    extended last, after a flush, and marks the save complete. Readers count only complete
+    saves. The writer holds an exclusive lock (``<path>.lock``) for its lifetime, so no
+    second process can write or resume the same run. ``finish(stop)`` records the final
+    status and the step size to resume with. Tables hold what was computed: states,
+    outputs and kernels in the run's dtype, scalars in float64.
+    """
+
+    def __init__(self, path: str | Path, flow: GradientFlow, keep_state: bool = True, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.flow = flow
+        self.path = Path(path)
+        self._rows: list[tuple[float, ...]] = []
+        self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+        self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
+        self._lock = RunLock(self.path)
+        try:
+            if resume:
+                with open_file(self.path) as f:  # again under the lock: another process may have just finished it
+                    status = f["run/status"][()].decode()
+                if status not in ("running", "stopped"):
+                    raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
+                rewrite_complete_saves(self.path, flow.cfg.to_json())
+                self.file = h5py.File(self.path, "r+", libver="latest")
+                upgrade(self.file, sources(flow))
+                if flow.cfg.kernel_n > 0:
+                    self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
+            else:
+                if overwrite and self.path.is_file():
+                    self.path.unlink()
+                try:  # "w-" fails if the file exists: two processes racing for one output cannot both win
+                    self.file = h5py.File(self.path, "w-", libver="latest")
+                except FileExistsError:
+                    raise RunBusy(f"output {self.path} was just created by another process") from None
+                self._create(flow, keep_state)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.keep_state = "state" in self.file["saves"]
+        self._set_status("running", "")
+        self.file.swmr_mode = True
+        # Handles looked up once: h5py's name lookup costs more than a small append.
+        self._steps = {c: self.file["steps"][c] for c in STEP_COLUMNS}
+        self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
+
+    def _create(self, flow: GradientFlow, keep_state: bool) -> None:
+        f = self.file
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": flow.cfg.to_json(),
+            "versions": _versions(), "device": str(flow.w0.device), "created": _now(), "n_params": flow.n_params,
+        })
+        for name, description in sources(flow).items():
+            f.attrs[name] = json.dumps(description)
+        # Mutable fields are fixed-size datasets, not attributes: SWMR allows rewriting data only.
+        run = f.create_group("run")
+        run.create_dataset("status", shape=(), dtype="S16")
+        run.create_dataset("stop_reason", shape=(), dtype=f"S{REASON_BYTES}")
+        run.create_dataset("next_dt", data=np.nan)
+        init = f.create_group("init")
+        init["w0"] = flow.w0.cpu().numpy()
+        init["f0_train"] = flow.f0_train.cpu().numpy()
+        init["f0_test"] = flow.f0_test.cpu().numpy()
+        data = f.create_group("data")
+        for name in ("train_indices", "test_indices", "classes_train", "classes_test"):
+            if getattr(flow.data, name) is not None:
+                data[name] = getattr(flow.data, name)
+        data["y_train"] = flow.y_train.cpu().numpy()
+        data["y_test"] = flow.y_test.cpu().numpy()
+        data.attrs["digest"] = flow.data.digest()
+        steps = f.create_group("steps")
+        for c in STEP_COLUMNS:
+            create_table(steps, c)
+        saves = f.create_group("saves")
+        for c in SAVE_SCALARS:
+            create_table(saves, c)
+        dtype = flow.w0.cpu().numpy().dtype
+        create_table(saves, "f_train", tuple(flow.f0_train.shape), dtype)
+        create_table(saves, "f_test", tuple(flow.f0_test.shape), dtype)
+        create_table(saves, "weight_change", (len(flow.model.layers),))
+        saves.attrs["layers"] = json.dumps(list(flow.model.layers))
+        if keep_state:
+            create_table(saves, "state", (len(flow.y0),), dtype)
+            create_table(saves, "dstate", (len(flow.y0),), dtype)
+        if flow.cfg.kernel_n > 0:
+            self._theta0 = self._kernel(flow.w0)
+            init["theta"] = self._theta0.cpu().numpy()
+            kernel = f.create_group("kernel")
+            kernel.attrs["n"] = len(self._kernel_x)
+            kernel.attrs["outputs"] = flow.cfg.kernel_outputs
+            create_table(kernel, "t")
+            create_table(kernel, "change")
+            create_table(kernel, "norm")
+            create_table(kernel, "theta", tuple(self._theta0.shape), dtype)
+
+    def _set_status(self, status: str, reason: str, next_dt: float = np.nan) -> None:
+        run = self.file["run"]
+        run["status"][()] = status.encode()
+        run["stop_reason"][()] = reason.encode()[:REASON_BYTES]
+        run["next_dt"][()] = next_dt
+
+    def _kernel(self, w: torch.Tensor) -> torch.Tensor:
+        cfg = self.flow.cfg
+        return ntk(self.flow.model, w, self._kernel_x, max_memory=cfg.kernel_memory_mb * 2**20,
+                   outputs=cfg.kernel_outputs)
+
+    def _snapshot_kernel(self, w: torch.Tensor) -> None:
+        """Append Theta(w) and its change; the caller appends ``kernel/t`` to commit it."""
+        theta = self._kernel(w)
+        k = self.file["kernel"]
+        append(k["change"], np.array([relative_change(theta, self._theta0)]))
+        append(k["norm"], np.array([float(theta.norm())]))
+        append(k["theta"], theta.cpu().numpy()[None])
+
+    def on_step(self, record: StepRecord) -> None:
+        ev = record.ev
+        self._rows.append((
+            ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad")),
+            record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
+            record.rejected, record.evals, record.wall,
+        ))
+
+    def _flush_steps(self) -> None:
+        if self._rows:
+            rows = np.array(self._rows, dtype=np.float64)
+            for i, c in enumerate(STEP_COLUMNS):
+                append(self._steps[c], rows[:, i])
+            self._rows = []
+
+    def on_save(self, record: SaveRecord) -> None:
+        flow, ev = self.flow, record.ev
+        w = flow.weights(ev.y)
+        f_train = ev.aux["f"]
+        f_test = flow.outputs(w, flow.x_test)
+        change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
+        scalars = {
+            "t": ev.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
+            "dt": np.nan if record.dt is None else record.dt,
+            "train_loss": float(ev.aux["loss"]), "train_err": flow.error(f_train, "train"),
+            "test_loss": flow.loss(f_test, "test"), "test_err": flow.error(f_test, "test"),
+            "grad_norm": math.sqrt(ev.sq_norm("grad")),
+        }
+        saves = self._saves
+        append(saves["f_train"], f_train.cpu().numpy()[None])
+        append(saves["f_test"], f_test.cpu().numpy()[None])
+        append(saves["weight_change"], np.array([change]))
+        if self.keep_state:
+            append(saves["state"], ev.y.detach().cpu().numpy()[None])
+            append(saves["dstate"], ev.dydt.detach().cpu().numpy()[None])
+        snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
+        if snapshot:
+            self._snapshot_kernel(w)
+        self._flush_steps()
+        for c, v in scalars.items():
+            if c != "t":
+                append(saves[c], np.array([v], dtype=np.float64))
+        # Commit in two flushes: HDF5 may write dirty metadata in any order, so the markers
+        # (saves/t, kernel/t) are extended only once every other row of this save is on disk.
+        self.file.flush()
+        if snapshot:
+            append(self.file["kernel/t"], np.array([ev.t]))
+        append(saves["t"], np.array([ev.t]))
+        self.file.flush()
+
+    def finish(self, stop: Stop, dt: float | None) -> None:
+        """Record how the run ended, close the file and release the lock (idempotent)."""
+        if self.file:
+            self._flush_steps()
+            self._set_status(stop.status, stop.reason, np.nan if dt is None else dt)
+            self.file.close()
+        self._lock.release()
+
+
+class RunLock:
+    """An exclusive advisory lock on ``<path>.lock`` (flock), held while a process writes
+    the run; the operating system releases it when the process dies, so a killed run is
+    resumable at once and a live one is never written twice.
+
+    The lock file exists only while held: the holder removes it before letting go. So that
+    a process which opened the file just before its removal cannot lock the removed file,
+    a lock counts only when the path still names the locked file afterwards (else retried)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise GflowError(f"cannot write beside {path}: {e.strerror} ({self.path})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunBusy(f"{path} is being written by another live process (lock {self.path})") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)  # the holder removed the file between our open and our lock: try again
+        raise RunBusy(f"{path}: could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: see the class docstring
+            os.close(self._fd)
+            self._fd = None
+
+
+def rewrite_complete_saves(path: Path, config: str) -> None:
+    """Make ``path`` an appendable copy of itself holding only complete saves, with the
+    config attribute replaced by ``config`` (a resumed run may carry new budgets).
+
+    A killed SWMR writer leaves the file marked open-for-write, which HDF5 refuses to open
+    for writing again; a readable copy (written to a temporary file, then atomically
+    renamed over the original) clears that, and trims rows a kill left half-written:
+    saves past the last complete one, steps past its step count, kernel snapshots after it.
+    """
+    tmp = path.with_name(path.name + ".resume.tmp")
+    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        dst.attrs.update(src.attrs)
+        dst.attrs["config"] = config
+        n = dst["saves/t"].shape[0]
+        for ds in dst["saves"].values():
+            ds.resize(n, axis=0)
+        last_step = int(dst["saves/step"][n - 1]) if n else 0
+        for ds in dst["steps"].values():
+            ds.resize(last_step, axis=0)
+        if "kernel" in dst:
+            kt = dst["kernel/t"][()]
+            keep = int(np.searchsorted(kt, dst["saves/t"][n - 1], side="right")) if n else 0
+            for ds in dst["kernel"].values():
+                ds.resize(keep, axis=0)
+    os.replace(tmp, path)

@@ -1,0 +1,199 @@
+"""A stored run with its model: the analysis that needs the network on top of the reader.
+
+``gflow.open(path)`` returns a :class:`Trajectory`: everything stored reads without the
+model (:class:`~gflow.store.TrajectoryFile`); what needs the network (states between saves,
+exact replay, kernels of stored states, the linearization gap, curvature, t1) rebuilds it
+once, on first use: from the config (gflow's own network and data, or the user's factory
+references), or from the objects given to ``gflow.open(path, model=..., data=..., loss=...)``
+when the run was made with Python objects. A model, data or loss that does not match what
+the file recorded is refused (:func:`matching_flow`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from solvers import hermite, integrate
+
+from .errors import GflowError
+from .flow import DataArg, GradientFlow, build
+from .geometry import Curvature, curvature, first_crossing, linearization_gap
+from .kernels import ntk, relative_change
+from .losses import Loss
+from .methods import make_method
+from .store import TrajectoryFile
+
+_ARGUMENT = {"model": "model=...", "data": "data=(x_train, y_train, x_test, y_test)", "loss": "loss=..."}
+_UNREBUILDABLE = {"model": ("object",), "data": ("arrays",), "loss": ("object",)}
+
+
+def matching_flow(file: TrajectoryFile, model: nn.Module | None = None, data: DataArg | None = None,
+                  loss: Loss | str | None = None) -> GradientFlow:
+    """The run's ODE rebuilt for the stored file, checked against what the file recorded.
+
+    Pieces the file cannot rebuild (a model, data or loss given as Python objects) must be
+    passed in. The rebuilt problem must have the stored parameter names and shapes, the
+    stored w0 bit for bit, the stored outputs f0 on the training set, the stored data
+    digest and the stored initial loss; anything else is one GflowError saying what differs.
+    """
+    recorded = file.sources
+    given = {"model": model, "data": data, "loss": loss}
+    for what, source in recorded.items():
+        if given[what] is None and source.get("source") in _UNREBUILDABLE[what]:
+            name = source.get("class") or source.get("name") or ""
+            raise GflowError(f"{file.path}: the run's {what} was a Python object{f' ({name})' if name else ''} that "
+                             f"the file cannot rebuild; pass it: gflow.open(path, {_ARGUMENT[what]})")
+    flow = build(file.config, model=model, data=data, loss=loss)
+    _check_matches(file, flow, recorded)
+    return flow
+
+
+def _check_matches(file: TrajectoryFile, flow: GradientFlow, recorded: dict[str, dict]) -> None:
+    where = f"does not match {file.path}"
+    stored = recorded["model"].get("parameters")
+    mine = flow.sources["model"]["parameters"]
+    if stored and mine != stored:
+        first = next((a, b) for a, b in zip([*mine, None], [*stored, None]) if a != b)
+        raise GflowError(f"model {where}: parameter {first[0]} where the file has {first[1]}")
+    w0 = file.read("init/w0")
+    if w0.shape != tuple(flow.w0.shape) or not np.array_equal(w0, flow.w0.cpu().numpy()):
+        raise GflowError(f"model {where}: its initial parameters w0 differ from the stored ones "
+                         f"({flow.n_params} parameters here, {w0.size} stored): another initialisation or architecture")
+    digest = file.read_attr("data", "digest")
+    if digest is not None and digest != flow.data.digest():
+        raise GflowError(f"data {where}: the inputs and labels differ from the ones the run used (SHA-256 digest)")
+    tolerance = 1e-9 if flow.w0.dtype == torch.float64 else 1e-4
+    f0 = file.read("init/f0_train")
+    here = flow.f0_train.cpu().numpy()
+    scale = max(float(np.abs(f0).max(initial=0.0)), 1e-300)
+    if f0.shape != here.shape or float(np.abs(f0 - here).max(initial=0.0)) > tolerance * scale:
+        raise GflowError(f"model {where}: at the stored w0 its outputs differ from the stored f0: another function")
+    if len(file):
+        stored_loss = float(file.read("saves/train_loss")[0])
+        loss0 = flow.loss(torch.from_numpy(f0).to(flow.w0), "train")
+        if not abs(loss0 - stored_loss) <= tolerance * max(abs(stored_loss), 1e-300):
+            raise GflowError(f"loss {where}: it gives L(w0) = {loss0:.10g} where the run stored {stored_loss:.10g}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """A trajectory at time t: the ODE state and the raw outputs on train and test."""
+
+    t: float
+    state: torch.Tensor
+    f_train: np.ndarray
+    f_test: np.ndarray
+
+
+class Trajectory(TrajectoryFile):
+    """A stored run (see :class:`~gflow.store.TrajectoryFile` for what reads without the
+    model) and the analysis that needs its network, rebuilt once on first use."""
+
+    def __init__(self, path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
+                 loss: Loss | str | None = None) -> None:
+        super().__init__(path)
+        self._given = {"model": model, "data": data, "loss": loss}
+        self._flow: GradientFlow | None = None
+
+    @property
+    def flow(self) -> GradientFlow:
+        """The run's ODE (data, model, loss), rebuilt and checked against the file, once."""
+        if self._flow is None:
+            self._flow = matching_flow(self, **self._given)
+        return self._flow
+
+    def at(self, t: float, exact: bool = False) -> Point:
+        """The state and outputs at any time t within the stored run.
+
+        Default: cubic Hermite interpolation between the stored states around t and their
+        derivatives (fourth order in the save spacing, no evaluation). ``exact=True``
+        replays the integration from the nearest stored state at or before t with the
+        run's own method and step size, landing exactly on t: deterministic, the same
+        steps as the uninterrupted run.
+        """
+        times = self.save_times
+        if not times[0] <= t <= times[-1]:
+            raise ValueError(f"t = {t:g} lies outside the stored run [{times[0]:g}, {times[-1]:g}]")
+        i = int(np.searchsorted(times, t, side="right")) - 1
+        if times[i] == t:
+            state = self.state(i)
+        elif exact:
+            state = self._replay(i, t)
+        else:
+            state = hermite(t, float(times[i]), self.state(i), self.derivative(i),
+                            float(times[i + 1]), self.state(i + 1), self.derivative(i + 1))
+        flow = self.flow
+        w = flow.weights(state.to(flow.w0))
+        return Point(t, state, flow.outputs(w, flow.x_train).cpu().numpy(), flow.outputs(w, flow.x_test).cpu().numpy())
+
+    def _replay(self, i: int, t: float) -> torch.Tensor:
+        dt = float(self.read("saves/dt")[i])
+        flow = self.flow
+        start = self.state(i).to(flow.w0)
+        sol = integrate(flow, start, (float(self.save_times[i]), t), make_method(self.config, flow), save_at=[t],
+                        dt=None if np.isnan(dt) else dt)
+        return sol.y
+
+    def weights(self, i: int) -> torch.Tensor:
+        """The network parameters w at the i-th save (the first half of a momentum state)."""
+        flow = self.flow
+        return flow.weights(self.state(i).to(flow.w0))
+
+    def kernel(self, i: int, n: int = 100) -> torch.Tensor:
+        """Theta(w(t_i)) on the first n train points, computed from the stored state (for k
+        outputs, the trace or full kernel as the run's ``kernel_outputs`` says)."""
+        flow, cfg = self.flow, self.config
+        return ntk(flow.model, self.weights(i), flow.x_train[:n], max_memory=cfg.kernel_memory_mb * 2**20,
+                   outputs=cfg.kernel_outputs)
+
+    def kernel_change(self, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F): from the snapshots taken during
+        the run when there are any, else computed now at every save on the first n train points."""
+        if self.has("kernel"):
+            return self.stored_kernel_change()
+        theta0 = self.kernel(0, n)
+        return self.save_times, np.array([relative_change(self.kernel(i, n), theta0) for i in range(len(self))])
+
+    def linearization_gap(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||f(w(t)) - f0 - J0 (w(t) - w0)|| / ||f(w(t)) - f0||) on the train set
+        (Frobenius norms over samples and outputs)."""
+        flow = self.flow
+        gaps = [linearization_gap(flow.model, flow.w0, self.weights(i), flow.x_train) for i in range(len(self))]
+        return self.save_times, np.array(gaps)
+
+    def curvature(self, i: int = 0) -> Curvature:
+        """Curvature of the network manifold along the direction of motion u = dw/dt at the
+        i-th save, on the train set: radius R = ||J u||^2 / ||u^T d2f u||, exit time R / ||J u||."""
+        flow = self.flow
+        u = flow.weights(self.derivative(i).to(flow.w0))
+        if float(u.norm()) == 0.0 and flow.momentum:  # momentum starts at rest: use the force
+            u = -flow.loss_and_grad(self.weights(i))[1]
+        return curvature(flow.model, self.weights(i), u, flow.x_train)
+
+    def t1(self, method: str = "linearization", eps: float = 0.1) -> float:
+        """The time training leaves the tangent space; inf when the run ends first (lazy).
+
+        linearization: first t with linearization gap > eps;  kernel: first t with
+        ||Theta(t) - Theta(0)|| / ||Theta(0)|| > eps;  curvature: the prediction
+        R / ||J u|| at t = 0 (eps unused).
+        """
+        if method == "curvature":
+            return self.curvature(0).exit_time
+        if method == "linearization":
+            return first_crossing(*self.linearization_gap(), eps)
+        if method == "kernel":
+            return first_crossing(*self.kernel_change(), eps)
+        raise ValueError(f"method = {method!r}: must be linearization, kernel or curvature")
+
+
+def open_trajectory(path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
+                    loss: Loss | str | None = None) -> Trajectory:
+    """Open a stored run for queries (``gflow.open``). ``model``, ``data``, ``loss``: the
+    Python objects the run was made with, for analysis that needs the network when the
+    file cannot rebuild it (runs made from objects rather than config references)."""
+    return Trajectory(path, model=model, data=data, loss=loss)
