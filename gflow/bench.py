@@ -70,7 +70,7 @@ def _raw_pass(flow: GradientFlow) -> Callable[[], None]:
 
     def once() -> None:
         module.zero_grad(set_to_none=True)
-        loss = flow.loss_fn(alpha * (module(x) - f0), y).mean() / alpha**2
+        loss = flow.loss_fn(alpha * (module(x).reshape(f0.shape) - f0), y).mean() / alpha**2
         loss.backward()
 
     return once

@@ -114,16 +114,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.which == "overhead":
-        if args.methods or args.tolerances:
-            raise GflowError("--methods and --tolerances select solver variants: they apply to `gflow bench solvers` only")
+        if args.methods or args.tolerances or args.problems:
+            raise GflowError("--problems, --methods and --tolerances select solver variants: they apply to "
+                             "`gflow bench solvers` only")
         out.mkdir(parents=True, exist_ok=True)
-        cfg = RunConfig(t_end=100.0) if args.quick else RunConfig()  # the default run and save policy
+        cfg = RunConfig.load(args.config) if args.config else RunConfig()  # the default run and save policy
+        cfg = cfg.replace(t_end=min(cfg.t_end, 100.0)) if args.quick else cfg
         numbers = bench.overhead(cfg, repeats=1 if args.quick else 3)
         for k, v in numbers.items():
             print(f"{k:24s} {v:.4g}")
         (out / "overhead.json").write_text(json.dumps(numbers, indent=1) + "\n")
         print(f"wrote {out / 'overhead.json'}")
         return 0
+    if args.config:
+        raise GflowError("--config applies to `gflow bench overhead` only; `gflow bench solvers` runs its own problems")
     try:
         chosen = bench.problems(args.problems, quick=args.quick)
         every = [v for cfg in chosen.values() for v in bench.default_variants(cfg.momentum, args.quick)]
@@ -213,6 +217,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "such as chebyshev (default: all)")
     p.add_argument("--tolerances", nargs="+", type=float, metavar="TOL",
                    help="solvers only: keep the variants at these tolerances / bounds (default: all)")
+    p.add_argument("--config", help="overhead only: the run to measure, a TOML of RunConfig fields (default: the "
+                   "default run); e.g. your own model by its factory reference")
     p.add_argument("--quick", action="store_true", help="tiny problems, for a smoke test")
     p.add_argument("--out", default="benchmarks/results", help="directory for the CSV and the plot")
     p.set_defaults(func=_cmd_bench)

@@ -81,7 +81,7 @@ class RunConfig:
                               "standard: W ~ N(0, 1/fan-in)")
     kappa: float = _f(1.0, "output scale of the built-in network at initialisation")
     seed: int = _f(0, "seed of the initialisation (torch's global generator is seeded with it "
-                   "before a model factory is called)")
+                   "before a model factory is called, with the run's dtype as torch's default)")
     linearized: bool = _f(False, "train the tangent model f(w0) + J0 (w - w0) instead")
     model: str | None = _f(None, "your network: factory 'package.module:function' returning a "
                            "torch.nn.Module; replaces the built-in network fields")

@@ -11,6 +11,8 @@ references) or from the caller as Python objects: :func:`build`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -137,10 +139,22 @@ def _data(cfg: RunConfig, data: DataArg | None, dtype: torch.dtype, device: torc
     if data is not None:
         return from_arrays(*from_loader(data, "data argument"), dtype=dtype, device=device), {"source": "arrays"}
     if cfg.data is not None:
-        returned = call("data", cfg.data, cfg.data_args)
+        with default_dtype(dtype):
+            returned = call("data", cfg.data, cfg.data_args)
         arrays = from_arrays(*from_loader(returned, cfg.data), dtype=dtype, device=device)
         return arrays, {"source": "loader", "reference": cfg.data, "args": cfg.data_args}
     return load(cfg, dtype=dtype, device=device), {"source": "builtin", "dataset": cfg.dataset}
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` inside (user factories create tensors with it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.dtype,
@@ -148,9 +162,14 @@ def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.
     if model is not None:
         return prepare(model, dtype, device), {"source": "object"}
     if cfg.model is not None:
-        torch.manual_seed(cfg.seed)  # the public contract: seed varies the factory's initialisation
-        module = call("model", cfg.model, cfg.model_args)
-        return prepare(module, dtype, device), {"source": "factory", "reference": cfg.model, "args": cfg.model_args}
+        # The public contract: torch's global generator is seeded with ``seed`` (so seed varies
+        # the initialisation) and its default dtype is the run's (so the same factory gives the
+        # same w0 in any process, whatever default the caller had set).
+        torch.manual_seed(cfg.seed)
+        with default_dtype(dtype):
+            module = call("model", cfg.model, cfg.model_args)
+        return prepare(module, dtype, device, cfg.model), {"source": "factory", "reference": cfg.model,
+                                                           "args": cfg.model_args}
     if data.x_train.dim() != 2:
         raise GflowError(f"arch = {cfg.arch!r}: the built-in networks take flat inputs (n, d), but the data's inputs "
                          f"have shape {tuple(data.x_train.shape)}: flatten them or give your own model")

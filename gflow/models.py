@@ -233,16 +233,18 @@ class FlatModel:
         }
 
 
-def prepare(module: object, dtype: torch.dtype, device: torch.device) -> FlatModel:
+def prepare(module: object, dtype: torch.dtype, device: torch.device, reference: str | None = None) -> FlatModel:
     """A user's module ready to integrate: checked to be an ``nn.Module``, copied (the
-    caller's object is never changed), cast to ``dtype`` and moved to ``device``."""
+    caller's object is never changed), cast to ``dtype`` and moved to ``device``.
+    ``reference``: the factory it came from, named in errors."""
+    name = reference or qualified_name(module)
     if not isinstance(module, nn.Module):
-        raise ConfigError("model", qualified_name(module), "must be a torch.nn.Module (the factory returned "
-                          f"a {type(module).__name__})")
+        made = "the factory returned" if reference else "got"
+        raise ConfigError("model", name, f"must give a torch.nn.Module ({made} a {type(module).__name__})")
     try:
         copy = deepcopy(module)
     except Exception as e:
-        raise ConfigError("model", qualified_name(module), f"cannot be copied ({type(e).__name__}: {e})") from None
+        raise ConfigError("model", name, f"cannot be copied ({type(e).__name__}: {e})") from None
     return FlatModel(copy.to(device=device, dtype=dtype))
 
 

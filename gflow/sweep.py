@@ -10,6 +10,7 @@ A sweep file is TOML::
     alpha = { log = [0.01, 100.0, 5] }     # 5 log-spaced values
     width = [50, 100]
     seed = { range = [0, 3] }              # 0, 1, 2
+    model_args.depth = [2, 4]              # one keyword argument of a model factory
 
 Each run goes to ``DIR/<name>.h5`` with a deterministic name (the grid values and a hash
 of the whole config), so running a sweep again does only what is missing: finished files
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -58,7 +60,7 @@ class Sweep:
         unknown = sorted(set(data) - {"base", "grid"})
         if unknown:
             raise GflowError(f"sweep {path}: unknown table [{unknown[0]}]; allowed: [base], [grid]")
-        grid = {k: _values(k, v, str(path)) for k, v in data.get("grid", {}).items()}
+        grid = {k: _values(k, v, str(path)) for k, v in _flat_grid(data.get("grid", {})).items()}
         sweep = cls(dict(data.get("base", {})), grid)
         sweep.runs()  # validate every run now: no run starts when one of them is bad
         return sweep
@@ -71,14 +73,55 @@ class Sweep:
             raise GflowError(f"sweep: field {overlap[0]!r} is in both [base] and [grid]")
         keys = list(self.grid)
         base_fields = base.to_dict()
-        return [RunConfig.from_dict(base_fields | dict(zip(keys, combo)), "sweep [grid]")
+        for key in keys:
+            field, _, argument = key.partition(".")
+            if argument and field not in ARGUMENT_FIELDS:
+                raise GflowError(f"sweep [grid] {key!r}: only {' and '.join(ARGUMENT_FIELDS)} take per-argument keys")
+        runs = [RunConfig.from_dict(_point(base_fields, dict(zip(keys, combo))), "sweep [grid]")
                 for combo in itertools.product(*self.grid.values())]
+        if not runs:
+            raise GflowError("sweep: the grid expands to no runs")
+        return runs
 
     def name(self, cfg: RunConfig) -> str:
         """A file name that says which grid point it is and changes with anything else in the config."""
         digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
-        parts = [f"{k}={_short(getattr(cfg, k))}" for k in self.grid]
+        parts = [f"{k}={_short(_lookup(cfg, k))}" for k in self.grid]
         return "_".join([*parts, digest])
+
+
+# RunConfig fields whose keyword arguments a grid may vary one by one: "model_args.width".
+ARGUMENT_FIELDS = ("model_args", "data_args")
+
+
+def _flat_grid(grid: dict[str, Any]) -> dict[str, Any]:
+    """The grid with ``model_args = {width = [...]}`` (or the dotted key ``model_args.width``,
+    which TOML reads as that table) spelled ``"model_args.width"``."""
+    flat = {}
+    for key, spec in grid.items():
+        if key in ARGUMENT_FIELDS and isinstance(spec, dict):
+            flat.update({f"{key}.{argument}": values for argument, values in spec.items()})
+        else:
+            flat[key] = spec
+    return flat
+
+
+def _point(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The fields of one grid point: ``base`` with ``values`` set (per-argument keys merged)."""
+    fields = dict(base)
+    for key, value in values.items():
+        field, _, argument = key.partition(".")
+        if argument:
+            fields[field] = {**fields[field], argument: value}
+        else:
+            fields[field] = value
+    return fields
+
+
+def _lookup(cfg: RunConfig, key: str) -> Any:
+    field, _, argument = key.partition(".")
+    value = getattr(cfg, field)
+    return value[argument] if argument else value
 
 
 def _values(field: str, spec: Any, source: str) -> list[Any]:
@@ -87,11 +130,16 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
     if isinstance(spec, list):
         if not spec:
             raise GflowError(f"{source}: [grid] {field} is an empty list")
+        repeated = [json.dumps(v) for v in spec]
+        if len(set(repeated)) != len(repeated):
+            raise GflowError(f"{source}: [grid] {field} = {spec!r} lists a value twice (each run would be done once)")
         return spec
     if isinstance(spec, dict) and len(spec) == 1:
         (kind, args), = spec.items()
         if kind in ("log", "lin") and isinstance(args, list) and len(args) == 3 and isinstance(args[2], int):
             lo, hi, n = args
+            if n < 1:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r}: needs n >= 1 values")
             if kind == "log" and not (lo > 0 and hi > 0):
                 raise GflowError(f"{source}: [grid] {field} log range needs positive ends, got {lo}, {hi}")
             values = np.geomspace(lo, hi, n) if kind == "log" else np.linspace(lo, hi, n)
@@ -99,6 +147,10 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
                 return sorted({int(round(v)) for v in values})
             return [float(f"{v:.12g}") for v in values]
         if kind == "range" and isinstance(args, list) and 2 <= len(args) <= 3 and all(isinstance(a, int) for a in args):
+            if len(args) == 3 and args[2] == 0:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r}: the step of a range must not be 0")
+            if not range(*args):
+                raise GflowError(f"{source}: [grid] {field} = {spec!r} is an empty range")
             return list(range(*args))
     raise GflowError(
         f"{source}: [grid] {field} = {spec!r}: must be a list, {{log = [lo, hi, n]}}, {{lin = [lo, hi, n]}} "
@@ -209,6 +261,8 @@ def run_sweep(
     if workers is not None and workers < 1:
         raise GflowError(f"workers = {workers}: must be >= 1")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GflowError(f"sweep output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in sweep.runs()]
     workers = workers or os.cpu_count() or 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from .trajectory import open_trajectory
 
 
 def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
-    """One row per run: file, alpha, width, seed, t1 by each estimator (inf: not reached),
+    """One row per run: file, alpha, width (of gflow's network, or the ``width`` argument of
+    a model factory; NaN when there is none), seed, t1 by each estimator (inf: not reached),
     and the kernel change at the last save."""
     rows = []
     for path in paths:
@@ -26,7 +28,8 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
         # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it
         times, change = traj.kernel_change()
         rows.append({
-            "file": str(path), "alpha": cfg.alpha, "width": cfg.width, "seed": cfg.seed, "t_end": float(traj.save_times[-1]),
+            "file": str(path), "alpha": cfg.alpha,
+            "width": cfg.width if cfg.model is None else cfg.model_args.get("width", math.nan), "seed": cfg.seed, "t_end": float(traj.save_times[-1]),
             "t1_linearization": traj.t1("linearization", eps), "t1_kernel": first_crossing(times, change, eps),
             "t1_curvature": traj.t1("curvature"), "kernel_change_end": float(change[-1]),
         })

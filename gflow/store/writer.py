@@ -97,6 +97,7 @@ class TrajectoryWriter(Observer):
         self.flow = flow
         self.path = Path(path)
         self._rows: list[tuple[float, ...]] = []
+        self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
         self._lock = RunLock(self.path)
@@ -235,6 +236,8 @@ class TrajectoryWriter(Observer):
         snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
         if snapshot:
             self._snapshot_kernel(w)
+        if self.flow.cfg.kernel_n > 0:
+            self._last_save = None if snapshot else (ev.t, w)
         self._flush_steps()
         for c, v in scalars.items():
             if c != "t":
@@ -248,8 +251,15 @@ class TrajectoryWriter(Observer):
         self.file.flush()
 
     def finish(self, stop: Stop, dt: float | None) -> None:
-        """Record how the run ended, close the file and release the lock (idempotent)."""
+        """Record how the run ended, close the file and release the lock (idempotent). The
+        last save gets a kernel snapshot if its schedule skipped it: the kernel at the end of
+        training is what a catalog reports."""
         if self.file:
+            if self._last_save is not None and stop.status != "failed":
+                t, w = self._last_save
+                self._snapshot_kernel(w)
+                self.file.flush()
+                append(self.file["kernel/t"], np.array([t]))
             self._flush_steps()
             self._set_status(stop.status, stop.reason, np.nan if dt is None else dt)
             self.file.close()

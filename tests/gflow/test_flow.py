@@ -1,8 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
 import gflow
-from gflow import RunConfig
+from gflow import ConfigError, GflowError, RunConfig
+
+from . import usercode
 
 SMALL = dict(ptr=40, pte=10, width=12, depth=2)
 
@@ -61,3 +64,150 @@ def test_public_attributes_of_build():
     assert flow.x_train.shape == (40, 64) and flow.y_test.shape == (10,)
     assert torch.equal(flow.model(flow.y0, flow.x_test), flow.f0_test)
     assert flow.y0.dtype == torch.float64
+
+
+# --- your own model, data and loss -------------------------------------------------------------
+
+USER = RunConfig(model="tests.gflow.usercode:mlp", data="tests.gflow.usercode:parity_digits",
+                 model_args={"width": 12}, data_args={"n_train": 30, "n_test": 8}, alpha=0.7)
+
+
+def _finite_difference_check(flow, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    w = flow.w0 + 0.1 * torch.randn(flow.n_params, generator=gen)
+    _, grad, _ = flow.loss_and_grad(w)
+    for _ in range(3):
+        u = torch.randn(flow.n_params, generator=gen)
+        u /= u.norm()
+        eps = 1e-5
+        lp = flow.loss(flow.outputs(w + eps * u, flow.x_train), "train")
+        lm = flow.loss(flow.outputs(w - eps * u, flow.x_train), "train")
+        assert float(grad @ u) == pytest.approx((lp - lm) / (2 * eps), rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("route", ["objects", "references"])
+@pytest.mark.parametrize("task", ["two-class", "ten-class cross-entropy", "ten-class mse", "callable loss"])
+def test_gradient_of_a_user_module_matches_finite_differences(route, task):
+    outputs, data, loss = {
+        "two-class": (1, usercode.parity_digits(30, 8), "softhinge"),
+        "ten-class cross-entropy": (10, usercode.digits(30, 8), "cross-entropy"),
+        "ten-class mse": (10, usercode.digits(30, 8), "mse"),
+        "callable loss": (1, usercode.parity_digits(30, 8), usercode.log_cosh),
+    }[task]
+    if route == "objects":
+        flow = gflow.build(RunConfig(alpha=0.7), model=usercode.mlp(width=12, outputs=outputs), data=data, loss=loss)
+    else:
+        cfg = USER.replace(model_args={"width": 12, "outputs": outputs},
+                           data="tests.gflow.usercode:" + ("digits" if outputs > 1 else "parity_digits"),
+                           loss=loss if isinstance(loss, str) else "tests.gflow.usercode:log_cosh")
+        flow = gflow.build(cfg)
+    assert flow.outputs_k == outputs and flow.f0_train.shape == ((30,) if outputs == 1 else (30, outputs))
+    _finite_difference_check(flow)
+
+
+def test_a_module_is_copied_and_run_in_eval_mode():
+    net = usercode.WithBatchNormAndDropout(64).float().train()
+    flow = gflow.build(RunConfig(), model=net, data=usercode.parity_digits(30, 8))
+    assert net.training and next(net.parameters()).dtype == torch.float32  # the caller's object is untouched
+    assert not flow.model.module.training and flow.w0.dtype == torch.float64
+    assert torch.equal(flow.model(flow.w0, flow.x_train), flow.model(flow.w0, flow.x_train))  # no dropout
+    described = flow.sources["model"]
+    assert described["eval_mode_layers"] == ["net.1", "net.2"]
+    assert ["net.1.running_mean", [8]] in described["buffers"]
+    assert described["class"].endswith("usercode.WithBatchNormAndDropout")
+
+
+def test_frozen_parameters_are_constants_and_not_part_of_the_state():
+    net = usercode.mlp(width=12)
+    net.net[0].weight.requires_grad_(False)
+    flow = gflow.build(RunConfig(), model=net, data=usercode.parity_digits(30, 8))
+    assert flow.n_params == sum(p.numel() for p in net.parameters()) - net.net[0].weight.numel()
+    assert "net.0.weight" not in flow.model.layers and flow.sources["model"]["frozen"] == ["net.0.weight"]
+    _finite_difference_check(flow)
+
+
+def test_integer_labels_become_plus_minus_one_for_one_output_and_classes_for_k():
+    x, c, xt, ct = usercode.digits(30, 8)
+    two = gflow.build(RunConfig(), model=usercode.mlp(width=8), data=(x, np.where(c % 2, 1, -1), xt, np.where(ct % 2, 1, -1)))
+    assert two.y_train.dtype == torch.float64 and set(two.y_train.tolist()) == {-1.0, 1.0}
+    ten = gflow.build(RunConfig(loss="mse"), model=usercode.mlp(width=8, outputs=10), data=(x, c.astype(float), xt, ct))
+    assert ten.y_train.dtype == torch.int64 and ten.y_train.max() <= 9
+
+
+def test_the_test_split_is_optional():
+    x, y, _, _ = usercode.parity_digits(30, 8)
+    flow = gflow.build(RunConfig(), model=usercode.mlp(width=8), data=(x, y))
+    assert flow.x_test.shape == (0, 64) and flow.f0_test.shape == (0,) and np.isnan(flow.loss(flow.f0_test, "test"))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"model": usercode.not_a_module()}, "model = 'builtins.int': must give a torch.nn.Module .got a int."),
+        ({"model": usercode.three_outputs_per_pair()}, "outputs of shape \\(n,\\) or \\(n, k\\); .* gave shape \\(30, 3, 2\\)"),
+        ({"model": usercode.mlp(d=10)}, "cannot be applied to the inputs of shape \\(30, 64\\)"),
+        ({"model": usercode.mlp(outputs=3), "loss": "cross-entropy"}, "integer labels 0..2 .* values \\{-1, 1\\}"),
+        ({"model": usercode.mlp(outputs=3), "loss": "softhinge"}, "two-class loss for one output .* 3 outputs"),
+        ({"loss": lambda a, y: (a - y).sum()}, "must return one loss per sample, shape \\(2,\\), got \\(\\)"),
+        ({"loss": 3}, "must be a loss name or a callable"),
+        ({"data": (np.zeros((5, 64)), np.ones(4))}, "x_train has 5 samples but y_train has 4 labels"),
+        ({"data": (np.zeros((5, 64)), np.ones(5), np.zeros((2, 63)), np.ones(2))}, "test samples of shape \\(63,\\)"),
+        ({"data": (np.zeros((5, 64)), np.ones(5), np.zeros((2, 64)))}, "must return \\(x_train, y_train, x_test, y_test\\)"),
+        ({"data": (np.full((5, 64), np.nan), np.ones(5))}, "x_train holds NaN"),
+        ({"data": (np.array([["a"] * 64] * 5), np.ones(5))}, "x_train must be numbers"),
+    ],
+)
+def test_user_objects_that_do_not_fit_are_one_clear_error(kwargs, message):
+    args = {"model": usercode.mlp(width=8), "data": usercode.parity_digits(30, 8), **kwargs}
+    with pytest.raises(GflowError, match=message) as info:
+        gflow.build(RunConfig(), **args)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"model": "tests.gflow.nowhere:f"}, "model = 'tests.gflow.nowhere:f': cannot import module 'tests.gflow.nowhere'"),
+        ({"model": "tests.gflow.usercode:absent"}, "has no attribute 'absent'"),
+        ({"model": "tests.gflow.usercode:NOT_CALLABLE"}, "'NOT_CALLABLE' is a int, not a function"),
+        ({"model": "tests.gflow.usercode:not_a_module"}, "not_a_module': must give a torch.nn.Module .the factory returned a int."),
+        ({"data": "tests.gflow.usercode:raises"}, "raised ValueError: this loader is broken"),
+        ({"data": "tests.gflow.usercode:wrong_arity"}, "got a tuple of length 1"),
+        ({"model": "tests.gflow.usercode:mlp", "model_args": {"colour": 1}}, "raised TypeError"),
+        ({"loss": "tests.gflow.usercode:nope"}, "has no attribute 'nope'"),
+    ],
+)
+def test_bad_references_are_one_clear_error_naming_the_field(fields, message):
+    with pytest.raises(GflowError, match=message) as info:
+        gflow.build(RunConfig(**fields))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"model": "pkg.mod"}, "must be an importable reference 'package.module:function'"),
+        ({"model": "x:y", "width": 50}, "width = 50: sets the built-in network, which model = 'x:y' replaces"),
+        ({"data": "x:y", "ptr": 50}, "ptr = 50: sets the built-in data"),
+        ({"model_args": {"width": 3}}, "give model = 'package.module:function' too"),
+        ({"model": "x:y", "model_args": {"f": object()}}, "values must be numbers"),
+    ],
+)
+def test_reference_fields_are_validated_in_the_config(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**fields)
+
+
+def test_the_factory_is_called_after_seeding_torch_so_seed_varies_the_initialisation():
+    cfg = USER
+    a, b = gflow.build(cfg), gflow.build(cfg)
+    c = gflow.build(cfg.replace(seed=1))
+    assert torch.equal(a.w0, b.w0) and not torch.equal(a.w0, c.w0)
+
+
+def test_a_factory_gives_the_same_initialisation_whatever_default_dtype_the_caller_set():
+    a = gflow.build(USER)
+    torch.set_default_dtype(torch.float32)  # conftest restores float64
+    b = gflow.build(USER)
+    assert torch.get_default_dtype() == torch.float32  # restored after the factory call
+    assert torch.equal(a.w0, b.w0)

@@ -128,3 +128,68 @@ def test_kernel_benchmark_runs_on_a_tiny_problem_and_checks_agreement(tmp_path):
     full, sub_block = table.iloc[0], table.iloc[1]
     assert full["loop_s"] > 0 and full["jjt_s"] > 0 and full["jacobian_path_s"] > 0
     assert pd.isna(sub_block["loop_s"])  # above --reference-max: checked on a sub-block only
+
+
+# --- k outputs, and the user's modules -----------------------------------------------------------
+
+from . import usercode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ten_class_fc():
+    return gflow.build(SMALL.replace(labels="classes", depth=2, width=12, loss="cross-entropy"))
+
+
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+@pytest.mark.parametrize("rows", [None, 3])
+def test_the_kernel_of_k_outputs_matches_the_per_sample_loop(ten_class_fc, outputs, method, rows):
+    flow = ten_class_fc
+    assert flow.outputs_k == 10
+    w = flow.w0 + 0.3 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(3))
+    x1, x2 = flow.x_train[:9], flow.x_train[5:12]
+    reference = ntk_loop(flow.model, w, x1, x2, outputs=outputs)
+    m = 10 if outputs == "full" else 1
+    assert reference.shape == (9 * m, 7 * m)
+    budget = {"jacobian": 2 * (rows or 0) * 10 * flow.n_params * 8, "structured": 2 * (rows or 0) * 7 * m * m * 8}[method]
+    kwargs = {"max_memory": budget} if rows else {}
+    theta = ntk(flow.model, w, x1, x2, method=method, outputs=outputs, **kwargs)
+    assert torch.allclose(theta, reference, rtol=0, atol=1e-10 * float(reference.abs().max()))
+    sym = ntk(flow.model, w, x1, method=method, outputs=outputs, **kwargs)
+    assert torch.allclose(sym, ntk_loop(flow.model, w, x1, outputs=outputs), rtol=0,
+                          atol=1e-10 * float(sym.abs().max()))
+    if outputs == "full":  # the trace kernel sums the full kernel's diagonal output blocks
+        blocks = sym.reshape(9, 10, 9, 10).diagonal(dim1=1, dim2=3).sum(-1)
+        assert torch.allclose(blocks, ntk(flow.model, w, x1, method=method), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_the_kernel_of_a_user_module_matches_the_per_sample_loop(outputs):
+    flow = gflow.build(RunConfig(loss="mse"), model=usercode.mlp(width=10, outputs=outputs),
+                       data=usercode.digits(12, 4, classes=3) if outputs > 1 else usercode.parity_digits(12, 4))
+    assert not flow.model.has_tangent_factors
+    w = flow.w0 + 0.2 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(4))
+    for kind in ("trace", "full"):
+        reference = ntk_loop(flow.model, w, flow.x_train, outputs=kind)
+        theta = ntk(flow.model, w, flow.x_train, outputs=kind)
+        assert torch.allclose(theta, reference, rtol=0, atol=1e-10 * float(reference.abs().max()))
+
+
+def test_kernel_snapshots_of_a_k_output_run_store_the_kernel_asked_for(tmp_path):
+    cfg = SMALL.replace(labels="classes", classes=(0, 1, 2), ptr=30, width=10, depth=2, loss="cross-entropy",
+                        t_end=5.0, saves=3, kernel_n=6, kernel_every=1)
+    trace = gflow.run(cfg, tmp_path / "trace.h5", progress=False)
+    full = gflow.run(cfg.replace(kernel_outputs="full"), tmp_path / "full.h5", progress=False)
+    assert trace.read("kernel/theta").shape == (4, 6, 6) and full.read("kernel/theta").shape == (4, 18, 18)
+    assert trace.read_attr("kernel", "outputs") == "trace" and full.read_attr("kernel", "outputs") == "full"
+    for traj in (trace, full):
+        stored = torch.from_numpy(traj.read("kernel/theta")[-1])
+        assert torch.allclose(stored, traj.kernel(len(traj) - 1, n=6), rtol=1e-10, atol=1e-12)
+        assert traj.read("kernel/change")[-1] > 0
+
+
+def test_the_last_save_always_gets_a_kernel_snapshot(tmp_path):
+    cfg = SMALL.replace(ptr=30, width=8, depth=2, t_end=5.0, saves=5, kernel_n=6, kernel_every=4)
+    traj = gflow.run(cfg, tmp_path / "r.h5", progress=False)
+    assert list(traj.read("kernel/t")) == [traj.save_times[0], traj.save_times[4], traj.save_times[-1]]
+    assert len(traj.save_times) == 6

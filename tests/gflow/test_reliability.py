@@ -206,3 +206,32 @@ def test_a_live_run_cannot_be_resumed_by_another_process(tmp_path):
     done = resume(out, max_steps=step + 3, progress=False)
     assert done.summary()["step"] == step + 3 and len(done) > len(before)
     assert np.array_equal(done.read("saves/state")[: len(before)], before)  # nothing lost or rewritten
+
+
+USER_ARGS = ["--model", "tests.gflow.usercode:mlp", "--model-args", '{"width": 24}',
+             "--data", "tests.gflow.usercode:parity_digits", "--data-args", '{"n_train": 200, "n_test": 50}',
+             "--t-end", "3e4", "--saves", "300", "--save-t-min", "0.01"]
+
+
+def test_a_killed_run_of_a_factory_model_resumes_bitwise_and_its_t1_is_measured(tmp_path):
+    """SIGKILL a CLI run of a user model given by factory references, resume it from the CLI,
+    and compare with the uninterrupted run; then gflow t1 on it (the model rebuilt from the file)."""
+    out = tmp_path / "user.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "gflow.cli", "run", *USER_ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_saves(out, 40)
+    proc.kill()
+    proc.wait()
+    assert gflow.open(out).status == "running"
+    resumed = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--resume", str(out)],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    cfg = gflow.open(out).config
+    full = gflow.run(cfg, tmp_path / "full.h5", progress=False)
+    done = gflow.open(out)
+    assert np.array_equal(done.save_times, full.save_times)
+    assert np.array_equal(done.read("saves/state"), full.read("saves/state"))
+    shown = subprocess.run([sys.executable, "-m", "gflow.cli", "t1", str(out), "--eps", "0.01"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert str(out) in shown.stdout and "t1_linearization" in shown.stdout

@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import gflow
 from gflow import GflowError, RunConfig
@@ -99,3 +100,61 @@ def test_same_config_gives_a_bitwise_identical_trajectory(tmp_path, stored):
     again = gflow.run(CFG, tmp_path / "again.h5", progress=False)
     assert np.array_equal(again.read("saves/state"), stored.read("saves/state"))
     assert np.array_equal(again.steps["dt"], stored.steps["dt"])
+
+
+# --- your own model, data and loss -------------------------------------------------------------
+
+from . import usercode  # noqa: E402
+
+
+def test_a_user_module_equal_to_gflows_fc_reproduces_the_built_in_trajectory(tmp_path):
+    """The three routes integrate one ODE: gflow's own network, the same function written as a
+    user module (from a factory reference), and that module passed as an object."""
+    base = RunConfig(ptr=60, pte=20, t_end=20.0, saves=6)
+    builtin = gflow.run(base.replace(width=10, depth=2), tmp_path / "builtin.h5", progress=False)
+    factory = gflow.run(base.replace(model="tests.gflow.usercode:fc_like_gflow", model_args={"width": 10, "depth": 2}),
+                        tmp_path / "factory.h5", progress=False)
+    torch.manual_seed(base.seed)
+    obj = gflow.run(base, tmp_path / "object.h5", model=usercode.fc_like_gflow(width=10, depth=2), progress=False)
+    assert builtin.status == factory.status == obj.status == "finished"
+    for traj in (factory, obj):
+        assert np.array_equal(traj.read("init/w0"), builtin.read("init/w0"))
+        assert len(traj.steps) == len(builtin.steps)
+        assert np.allclose(traj.read("saves/state"), builtin.read("saves/state"), rtol=1e-12, atol=1e-14)
+        assert np.allclose(traj.read("saves/f_test"), builtin.read("saves/f_test"), rtol=1e-12, atol=1e-14)
+    assert factory.sources["model"]["source"] == "factory" and obj.sources["model"]["source"] == "object"
+    assert builtin.sources["model"]["parameters"] == [["weights.0", [10, 64]], ["weights.1", [10, 10]], ["weights.2", [1, 10]]]
+    assert factory.sources["model"]["parameters"] == [["layers.0", [10, 64]], ["layers.1", [10, 10]], ["layers.2", [1, 10]]]
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
+@pytest.mark.parametrize("model", ["built-in", "user"])
+def test_ten_classes_train_digits_to_zero_training_error(tmp_path, loss, model):
+    cfg = RunConfig(loss=loss, solver="exponential", rtol=1e-3, atol=1e-6, t_end=3000.0, saves=5, alpha=1.0)
+    if model == "built-in":
+        traj = gflow.run(cfg.replace(labels="classes", ptr=100, pte=100, width=32, depth=2), tmp_path / "r.h5",
+                         progress=False)
+    else:
+        traj = gflow.run(cfg, tmp_path / "r.h5", model=usercode.mlp(width=32, outputs=10),
+                         data=usercode.digits(100, 100), progress=False)
+    assert traj.outputs(-1).shape == (100, 10)
+    saves = traj.saves
+    assert saves["train_err"].iloc[0] == 1.0  # a = 0 at t = 0: every sample a tie, counted wrong
+    assert saves["train_err"].iloc[-1] == 0.0
+    assert saves["test_err"].iloc[-1] < 0.25
+
+
+def test_a_run_from_objects_is_resumed_with_them_bitwise(tmp_path):
+    model, data = usercode.mlp(width=12), usercode.parity_digits(40, 10)
+    cfg = RunConfig(t_end=50.0, saves=6)
+    whole = gflow.run(cfg, tmp_path / "whole.h5", model=model, data=data, loss=usercode.log_cosh, progress=False)
+    part = gflow.run(cfg.replace(max_steps=40), tmp_path / "part.h5", model=model, data=data, loss=usercode.log_cosh,
+                     progress=False)
+    assert part.status == "stopped"
+    with pytest.raises(GflowError, match="the run's model was a Python object .*MLP.*pass it: gflow.open"):
+        gflow.resume(part.path, progress=False)
+    with pytest.raises(GflowError, match="the run's loss was a Python object .*log_cosh"):
+        gflow.resume(part.path, model=model, data=data, progress=False)
+    done = gflow.resume(part.path, model=model, data=data, loss=usercode.log_cosh, max_steps=10**6, progress=False)
+    assert done.status == "finished"
+    assert np.array_equal(done.state(-1), whole.state(-1))

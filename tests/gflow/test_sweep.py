@@ -180,3 +180,37 @@ def test_killing_the_sweep_process_stops_its_workers_runs_cleanly(tmp_path):
         steps = traj.summary()["step"]
         time.sleep(1.0)
         assert gflow.open(f).summary()["step"] == steps
+
+
+USER_SWEEP = """
+[base]
+model = "tests.gflow.usercode:mlp"
+data = "tests.gflow.usercode:digits"
+data_args = { n_train = 40, n_test = 10, classes = 3 }
+loss = "cross-entropy"
+t_end = 5.0
+saves = 3
+
+[grid]
+model_args.width = [6, 10]
+model_args.outputs = [3]
+seed = [0, 1]
+"""
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_sweep_over_a_factory_models_arguments_runs_on_every_engine(tmp_path, engine):
+    if engine == "dask":
+        pytest.importorskip("dask.distributed")
+    sweep = _sweep(tmp_path, USER_SWEEP)
+    assert [(c.model_args["width"], c.seed) for c in sweep.runs()] == [(6, 0), (6, 1), (10, 0), (10, 1)]
+    assert sweep.name(sweep.runs()[0]).startswith("model_args.width=6_model_args.outputs=3_seed=0_")
+    results = run_sweep(sweep, tmp_path / "runs", engine=engine, workers=2, progress=False)
+    assert [r["status"] for r in results] == ["finished"] * 4
+    table = gflow.catalog(tmp_path / "runs")
+    assert sorted(table["model_args.width"]) == [6, 6, 10, 10]
+    w0 = {(r["model_args.width"], r["seed"]): gflow.open(tmp_path / "runs" / r["file"]).read("init/w0")
+          for _, r in table.iterrows()}
+    assert w0[(6, 0)].shape == (6 * 64 + 6 + 12 + 3 * 6 + 3,) and not np.array_equal(w0[(6, 0)], w0[(6, 1)])
+    again = run_sweep(sweep, tmp_path / "runs", engine="local", workers=2, progress=False)
+    assert [r["action"] for r in again] == ["skip"] * 4

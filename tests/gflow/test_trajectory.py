@@ -1,0 +1,103 @@
+"""A stored run and its model (gflow.trajectory): files that stand on their own, analysis that
+rebuilds the network from the config or takes it from the caller, and refuses a mismatch."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import gflow
+from gflow import GflowError, RunConfig
+
+from . import usercode
+
+CFG = RunConfig(t_end=20.0, saves=5)
+
+
+@pytest.fixture(scope="module")
+def from_objects(tmp_path_factory):
+    model, data = usercode.mlp(width=12, outputs=3), usercode.digits(40, 10, classes=3)
+    path = tmp_path_factory.mktemp("objects") / "r.h5"
+    gflow.run(CFG.replace(loss="cross-entropy"), path, model=model, data=data, progress=False)
+    return path, model, data
+
+
+@pytest.fixture(scope="module")
+def from_factories(tmp_path_factory):
+    cfg = CFG.replace(model="tests.gflow.usercode:mlp", model_args={"width": 12},
+                      data="tests.gflow.usercode:parity_digits", data_args={"n_train": 40, "n_test": 10})
+    path = tmp_path_factory.mktemp("factories") / "r.h5"
+    gflow.run(cfg, path, progress=False)
+    return path
+
+
+def test_the_file_describes_model_data_and_loss_without_the_users_code(from_objects):
+    path, model, data = from_objects
+    traj = gflow.open(path)  # no model given: everything stored reads
+    s = traj.sources
+    assert s["model"]["source"] == "object" and s["model"]["class"] == "tests.gflow.usercode.MLP"
+    assert "LayerNorm" in s["model"]["repr"] and s["model"]["outputs"] == 3
+    assert s["model"]["parameters"][:2] == [["net.0.weight", [12, 64]], ["net.0.bias", [12]]]
+    assert s["model"]["w0_sha256"] == __import__("hashlib").sha256(traj.read("init/w0").tobytes()).hexdigest()
+    assert s["data"]["source"] == "arrays" and s["data"]["digest"] == traj.read_attr("data", "digest")
+    assert s["data"]["y_dtype"] == "int64" and s["loss"] == {"source": "builtin", "name": "cross-entropy"}
+    assert traj.outputs(-1).shape == (40, 3) and traj.read("data/y_train").dtype == np.int64
+    assert len(traj.saves) == 6 and traj.status == "finished"
+
+
+def test_analysis_of_a_run_from_objects_needs_them_and_says_how(from_objects):
+    path, model, data = from_objects
+    with pytest.raises(GflowError, match=r"model was a Python object \(tests.gflow.usercode.MLP\) .*"
+                                         r"gflow.open\(path, model=...\)"):
+        gflow.open(path).t1("linearization")
+    traj = gflow.open(path, model=model, data=data)
+    times, gap = traj.linearization_gap()
+    assert gap[0] == 0.0 and np.all(np.isfinite(gap)) and gap[-1] > 0
+    assert np.isfinite(traj.curvature(0).radius)
+
+
+def test_a_model_data_or_loss_that_does_not_match_the_file_is_refused(from_objects):
+    path, model, data = from_objects
+    torch.manual_seed(123)
+    cases = [
+        ({"model": usercode.mlp(width=12, outputs=3), "data": data}, "model does not match .*w0 differ"),
+        ({"model": usercode.mlp(width=11, outputs=3), "data": data}, "parameter .*net.0.weight.*11.*12"),
+        ({"model": model, "data": usercode.digits(40, 10, classes=3, seed=1)}, "data does not match"),
+        ({"model": model, "data": data, "loss": "mse"}, "loss does not match .*L\\(w0\\)"),
+    ]
+    for given, message in cases:
+        with pytest.raises(GflowError, match=message):
+            gflow.open(path, **given).flow
+
+
+def test_a_changed_function_with_the_same_parameters_is_refused(from_objects):
+    path, model, data = from_objects
+    changed = usercode.mlp(width=12, outputs=3)
+    changed.load_state_dict(model.state_dict())
+    changed.net[2] = torch.nn.Softplus()  # same parameters, another function
+    with pytest.raises(GflowError, match="outputs differ from the stored f0"):
+        gflow.open(path, model=changed, data=data).flow
+
+
+def test_a_run_from_factory_references_is_rebuilt_from_the_file_alone(from_factories):
+    traj = gflow.open(from_factories)
+    assert traj.sources["model"]["reference"] == "tests.gflow.usercode:mlp"
+    assert traj.sources["model"]["args"] == {"width": 12}
+    assert traj.sources["data"]["reference"] == "tests.gflow.usercode:parity_digits"
+    t1 = traj.t1("linearization", eps=1e-3)
+    assert 0 < t1 < 20.0
+    times, change = traj.kernel_change(n=10)
+    assert change[0] == 0 and change[-1] > 0
+
+
+def test_a_factory_that_now_gives_another_model_is_refused(from_factories, tmp_path):
+    path = tmp_path / "r.h5"
+    path.write_bytes(from_factories.read_bytes())
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        config["seed"] = 5  # the factory would now initialise another w0
+        f.attrs["config"] = json.dumps(config)
+    with pytest.raises(GflowError, match="w0 differ"):
+        gflow.open(path).linearization_gap()
