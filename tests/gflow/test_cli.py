@@ -37,6 +37,14 @@ def test_run_then_show_end_to_end_in_a_subprocess(tmp_path):
         (["--t-end", "-3"], "t_end = -3.0"),
         (["--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
         (["--config", "missing.toml"], "cannot read config missing.toml"),
+        (["--model", "tests.gflow.nowhere:f"], "cannot import module 'tests.gflow.nowhere'"),
+        (["--model", "tests.gflow.usercode:not_a_module"], "must give a torch.nn.Module (the factory returned a int)"),
+        (["--model", "tests.gflow.usercode:mlp", "--model-args", '{"outputs": 3}'], "two-class loss for one output"),
+        (["--model", "tests.gflow.usercode:mlp", "--model-args", '{"outputs": 3}', "--loss", "cross-entropy"],
+         "integer labels 0..2"),
+        (["--model", "tests.gflow.usercode:mlp", "--model-args", "[1]"], "argument --model-args: not a JSON object"),
+        (["--data", "tests.gflow.usercode:wrong_arity"], "the loader must return"),
+        (["--model", "tests.gflow.usercode:mlp", "--width", "7"], "width = 7: sets the built-in network"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, args, message):
