@@ -129,7 +129,7 @@ def _timed_run(cfg: RunConfig, out: Path | None) -> dict[str, float]:
                   events=make_events(cfg, flow))
         in_writer = [0.0]
     else:
-        writer = TrajectoryWriter(out, flow)
+        writer = TrajectoryWriter(out, flow, save_times(cfg))
         in_writer = _clocked(writer, "on_step", "on_save", "finish")
         in_writer[0] += time.perf_counter() - built
         _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress=False)

@@ -6,6 +6,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     out = Path(out)
     _check_output(out, overwrite)
     flow = build(cfg, model=model, data=data, loss=loss)
-    writer = TrajectoryWriter(out, flow, overwrite=overwrite)
+    writer = TrajectoryWriter(out, flow, save_times(cfg), overwrite=overwrite)
     _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)
     return Trajectory(out, model=model, data=data, loss=loss)
 
@@ -128,10 +129,12 @@ def _check_output(out: Path, overwrite: bool) -> None:
 def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
            loss: Loss | str | None = None, max_steps: int | None = None, max_wall: float | None = None,
            progress: bool | None = None) -> Trajectory:
-    """Continue a killed (``running``) or ``stopped`` run from its last complete save: state,
-    velocity, step size and counters come from the file. For the native steppers the
-    continuation is bitwise the uninterrupted run (it pays one evaluation to restart); for
-    torchdiffeq methods it agrees to the method's tolerance. ``max_steps`` and ``max_wall``
+    """Continue a killed (``running``) or ``stopped`` run from its checkpoint (the last
+    accepted state on disk: where it stopped, or its last complete save if it was killed):
+    state, velocity, step size and counters come from the file. For the gradient-ratio,
+    momentum and exponential steppers the continuation is bitwise the uninterrupted run,
+    saves included (it pays one evaluation to restart); for the others it agrees to the
+    method's tolerance. ``max_steps`` and ``max_wall``
     replace the stored budgets (both count the whole run, earlier parts included); None
     keeps them. A run another live process is writing is refused. A run made from Python
     objects needs them again (``model``, ``data``, ``loss``), checked against the file."""
@@ -144,16 +147,33 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
         raise GflowError(f"{path}: saved without states, cannot be resumed")
     budgets = {k: v for k, v in {"max_steps": max_steps, "max_wall": max_wall}.items() if v is not None}
     cfg = traj.config.replace(**budgets)
-    last = traj.saves.iloc[-1]
-    t_last = float(last["t"])
     flow = matching_flow(traj, model=model, data=data, loss=loss)
     flow.cfg = cfg  # new budgets only: the ODE is the same, and the file records them
-    writer = TrajectoryWriter(path, flow, resume=True)
-    if t_last >= cfg.t_end:
+    start = _continuation(traj)
+    writer = TrajectoryWriter(path, flow, save_times(cfg), resume=True)
+    if start.t >= cfg.t_end:
         writer.finish(Stop("finished", "reached t_end"), None)
         return Trajectory(path, model=model, data=data, loss=loss)
-    counters = Counters(int(last["step"]), int(last["evals"]), float(last["wall"]), len(traj))
-    dt = None if np.isnan(last["dt"]) else float(last["dt"])
-    state = traj.state(-1).to(flow.w0)
-    _integrate_into(writer, flow, state, t_last, [t for t in save_times(cfg) if t > t_last], progress, dt, counters)
+    times = [t for t in save_times(cfg) if t > start.t]
+    _integrate_into(writer, flow, start.state.to(flow.w0), start.t, times, progress, start.dt, start.counters)
     return Trajectory(path, model=model, data=data, loss=loss)
+
+
+@dataclass(frozen=True)
+class _Start:
+    t: float
+    state: torch.Tensor
+    dt: float | None
+    counters: Counters
+
+
+def _continuation(traj: Trajectory) -> _Start:
+    """Where a resumed run starts: the checkpoint, or the last save of an older file."""
+    ckpt = traj.checkpoint()
+    if ckpt is None:
+        last = traj.saves.iloc[-1]
+        ckpt = {"t": float(last["t"]), "state": traj.state(-1), "dt": float(last["dt"]), "step": int(last["step"]),
+                "evals": int(last["evals"]), "wall": float(last["wall"]), "saves": len(traj)}
+    dt = None if np.isnan(ckpt["dt"]) else float(ckpt["dt"])
+    return _Start(float(ckpt["t"]), ckpt["state"], dt,
+                  Counters(ckpt["step"], ckpt["evals"], float(ckpt["wall"]), ckpt["saves"]))

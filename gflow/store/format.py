@@ -36,6 +36,9 @@ REQUIRED = (
 )
 # Root attributes holding JSON descriptions (version 4): where the model, data and loss came from.
 SOURCES = ("model", "data", "loss")
+# /checkpoint (version 4): the last accepted state on disk and what continuing from it needs,
+# in two slots written alternately; /checkpoint/current names the valid one (-1: none yet).
+CHECKPOINT_COLUMNS = ("t", "dt", "step", "evals", "wall", "saves", "row")
 
 
 def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype: Any = "f8") -> None:
@@ -66,6 +69,26 @@ def append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     target = dsid.get_space()
     target.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
     dsid.write(h5py.h5s.create_simple(rows.shape), target, rows)
+
+
+def read_checkpoint(f: h5py.File) -> dict[str, Any] | None:
+    """The valid checkpoint slot as a dict (CHECKPOINT_COLUMNS, and ``state``: the state's
+    array, read from the save row it names when ``row`` >= 0), or None (none written yet, a
+    file older than version 4, or a checkpoint ahead of the committed saves: a damaged file,
+    whose last save serves instead)."""
+    if "checkpoint" not in f:
+        return None
+    slot = int(f["checkpoint/current"][()])
+    if slot < 0:
+        return None
+    values = dict(zip(CHECKPOINT_COLUMNS, f["checkpoint/scalars"][slot].tolist()))
+    for k in ("step", "evals", "saves", "row"):
+        values[k] = int(values[k])
+    row = values["row"]
+    if values["saves"] > f["saves/t"].shape[0]:  # ahead of the committed saves: not a file a writer left
+        return None
+    values["state"] = f["saves/state"][row] if row >= 0 else f["checkpoint/state"][slot]
+    return values
 
 
 def committed(f: h5py.File, name: str) -> int:
@@ -173,11 +196,19 @@ def sources_of(f: h5py.File) -> dict[str, dict[str, Any]]:
     }
 
 
-def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]]) -> None:
+def create_checkpoint(f: h5py.File, state: np.ndarray) -> None:
+    """The empty /checkpoint group for states like ``state`` (see CHECKPOINT_COLUMNS)."""
+    checkpoint = f.create_group("checkpoint")
+    checkpoint.create_dataset("current", data=-1)
+    checkpoint.create_dataset("scalars", data=np.full((2, len(CHECKPOINT_COLUMNS)), np.nan))
+    checkpoint.create_dataset("state", shape=(2, len(state)), dtype=state.dtype)
+
+
+def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray) -> None:
     """Bring a version-2 or -3 file opened for resuming to version 4: a version-2 file's
     earlier steps get NaN error ratios (they were not recorded); the model, data and loss
-    descriptions of the run's rebuilt problem are added. Runs before SWMR mode, which
-    forbids new datasets and attributes."""
+    descriptions of the run's rebuilt problem and an empty checkpoint for states like
+    ``state`` are added. Runs before SWMR mode, which forbids new datasets and attributes."""
     version = version_of(f)
     if version >= FORMAT_VERSION:
         return
@@ -189,4 +220,5 @@ def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]]) -> None:
             append(f[name], np.full(n, np.nan))
     for name in SOURCES:
         f.attrs[name] = json.dumps(sources[name])
+    create_checkpoint(f, state)
     f.attrs["format_version"] = 4  # not FORMAT_VERSION: a later version's additions are not made here

@@ -18,7 +18,16 @@ import torch
 
 from ..config import RunConfig
 from ..errors import FileFormatError
-from .format import SAVE_SCALARS, STEP_COLUMNS, check, committed, open_file, sources_of, version_of
+from .format import (
+    SAVE_SCALARS,
+    STEP_COLUMNS,
+    check,
+    committed,
+    open_file,
+    read_checkpoint,
+    sources_of,
+    version_of,
+)
 
 if TYPE_CHECKING:  # pandas is imported only when a table is read
     import pandas as pd
@@ -143,6 +152,18 @@ class TrajectoryFile:
         """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
         return self._table("saves", SAVE_SCALARS)
 
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Where a continuation starts: the last accepted state on disk (``state``, a tensor)
+        with its time ``t``, the step size ``dt`` to go on with, the counters ``step``,
+        ``evals``, ``wall`` and ``saves`` (save rows written before it). For a run that stopped
+        between save times it lies past the last save. None for a file older than version
+        4, whose last save is its checkpoint."""
+        with self._file() as f:
+            values = read_checkpoint(f)
+        if values is not None:
+            values["state"] = torch.from_numpy(values["state"])
+        return values
+
     def stored_kernel_change(self) -> tuple[np.ndarray, np.ndarray]:
         """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F) of the snapshots taken during
         the run (empty arrays when it took none)."""
@@ -151,12 +172,20 @@ class TrajectoryFile:
         return self.read("kernel/t"), self.read("kernel/change")
 
     def summary(self) -> dict[str, Any]:
-        """Status, stop reason, and the last save's scalars (t, step, evals, wall, losses,
-        errors): reads one row of each table, so a catalog of many runs stays cheap."""
+        """Status, stop reason, how far the run got (t, step, evals, wall: its checkpoint,
+        which lies past the last save when it stopped between save times) and the last
+        save's losses and errors. Reads one row of each table, so a catalog of many runs
+        stays cheap."""
         with self._file() as f:
             n = f["saves/t"].shape[0]
             last = {c: float(f[f"saves/{c}"][n - 1]) for c in SAVE_SCALARS} if n else {}
             run = {k: f[f"run/{k}"][()] for k in ("status", "stop_reason")}
+            if "checkpoint" in f and n:
+                slot = int(f["checkpoint/current"][()])
+                if slot >= 0:
+                    reached = dict(zip(("t", "dt", "step", "evals", "wall"), f["checkpoint/scalars"][slot][:5].tolist()))
+                    if reached["t"] > last["t"]:
+                        last.update({k: reached[k] for k in ("t", "step", "evals", "wall")})
         for c in ("step", "evals"):
             if c in last:
                 last[c] = int(last[c])

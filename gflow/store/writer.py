@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +27,17 @@ from solvers import Observer, SaveRecord, StepRecord, Stop
 from ..errors import GflowError, RunBusy
 from ..kernels import ntk, relative_change
 from .format import (
+    CHECKPOINT_COLUMNS,
     FORMAT,
     FORMAT_VERSION,
     REASON_BYTES,
     SAVE_SCALARS,
     STEP_COLUMNS,
     append,
+    create_checkpoint,
     create_table,
     open_file,
+    read_checkpoint,
     upgrade,
 )
 
@@ -92,10 +96,12 @@ class TrajectoryWriter(Observer):
     outputs and kernels in the run's dtype, scalars in float64.
     """
 
-    def __init__(self, path: str | Path, flow: GradientFlow, keep_state: bool = True, resume: bool = False,
-                 overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, flow: GradientFlow, scheduled: Sequence[float] = (), keep_state: bool = True,
+                 resume: bool = False, overwrite: bool = False) -> None:
         self.flow = flow
         self.path = Path(path)
+        self._scheduled = set(scheduled)
+        self._pending: SaveRecord | None = None  # the state a run stopped at, between save times
         self._rows: list[tuple[float, ...]] = []
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
@@ -107,9 +113,9 @@ class TrajectoryWriter(Observer):
                     status = f["run/status"][()].decode()
                 if status not in ("running", "stopped"):
                     raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
-                rewrite_complete_saves(self.path, flow.cfg.to_json())
+                rewrite_to_checkpoint(self.path, flow.cfg.to_json())
                 self.file = h5py.File(self.path, "r+", libver="latest")
-                upgrade(self.file, sources(flow))
+                upgrade(self.file, sources(flow), flow.y0.cpu().numpy())
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
             else:
@@ -168,6 +174,7 @@ class TrajectoryWriter(Observer):
         if keep_state:
             create_table(saves, "state", (len(flow.y0),), dtype)
             create_table(saves, "dstate", (len(flow.y0),), dtype)
+        create_checkpoint(f, flow.y0.cpu().numpy())
         if flow.cfg.kernel_n > 0:
             self._theta0 = self._kernel(flow.w0)
             init["theta"] = self._theta0.cpu().numpy()
@@ -214,6 +221,36 @@ class TrajectoryWriter(Observer):
             self._rows = []
 
     def on_save(self, record: SaveRecord) -> None:
+        """A scheduled save becomes a row (and the checkpoint). The final state of a run that
+        ends between save times waits for ``finish``: a run that merely stopped (budget,
+        signal) keeps it in the checkpoint only, so that resuming it gives the saves of the
+        uninterrupted run; a finished or failed run saves it as a row."""
+        if self._scheduled and record.ev.t not in self._scheduled:
+            self._pending = record
+            return
+        self._write_save(record)
+        self._write_checkpoint(record)
+
+    def _write_checkpoint(self, record: SaveRecord, dt: float | None = None) -> None:
+        """Record the state of ``record`` as the checkpoint, crash-safely: into the slot not
+        in use, flushed, then named current. A state stored in the last save row is
+        referenced, not copied."""
+        ckpt = self.file["checkpoint"]
+        current = int(ckpt["current"][()])
+        slot = 0 if current < 0 else 1 - current
+        n = self._saves["t"].shape[0]
+        in_row = self.keep_state and n > 0 and self._saves["t"][n - 1] == record.ev.t
+        if not in_row:
+            ckpt["state"][slot] = record.ev.y.detach().cpu().numpy()
+        dt = record.dt if dt is None else dt
+        values = {"t": record.ev.t, "dt": np.nan if dt is None else dt, "step": record.steps, "evals": record.evals,
+                  "wall": record.wall, "saves": n, "row": n - 1 if in_row else -1}
+        ckpt["scalars"][slot] = [values[c] for c in CHECKPOINT_COLUMNS]
+        self.file.flush()
+        ckpt["current"][()] = slot
+        self.file.flush()
+
+    def _write_save(self, record: SaveRecord) -> None:
         flow, ev = self.flow, record.ev
         w = flow.weights(ev.y)
         f_train = ev.aux["f"]
@@ -255,6 +292,11 @@ class TrajectoryWriter(Observer):
         last save gets a kernel snapshot if its schedule skipped it: the kernel at the end of
         training is what a catalog reports."""
         if self.file:
+            if self._pending is not None:
+                if stop.status != "stopped":
+                    self._write_save(self._pending)
+                self._write_checkpoint(self._pending, dt)
+                self._pending = None
             if self._last_save is not None and stop.status != "failed":
                 t, w = self._last_save
                 self._snapshot_kernel(w)
@@ -305,14 +347,16 @@ class RunLock:
             self._fd = None
 
 
-def rewrite_complete_saves(path: Path, config: str) -> None:
-    """Make ``path`` an appendable copy of itself holding only complete saves, with the
-    config attribute replaced by ``config`` (a resumed run may carry new budgets).
+def rewrite_to_checkpoint(path: Path, config: str) -> None:
+    """Make ``path`` an appendable copy of itself cut at its checkpoint (or, in a file
+    older than version 4, at its last complete save), with the config attribute replaced by
+    ``config`` (a resumed run may carry new budgets).
 
     A killed SWMR writer leaves the file marked open-for-write, which HDF5 refuses to open
     for writing again; a readable copy (written to a temporary file, then atomically
-    renamed over the original) clears that, and trims rows a kill left half-written:
-    saves past the last complete one, steps past its step count, kernel snapshots after it.
+    renamed over the original) clears that, and trims what the continuation will redo or a
+    kill left half-written: saves past the checkpoint, steps past its step count, kernel
+    snapshots after it.
     """
     tmp = path.with_name(path.name + ".resume.tmp")
     with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
@@ -320,15 +364,16 @@ def rewrite_complete_saves(path: Path, config: str) -> None:
             src.copy(src[name], dst, name=name)
         dst.attrs.update(src.attrs)
         dst.attrs["config"] = config
-        n = dst["saves/t"].shape[0]
+        checkpoint = read_checkpoint(dst)
+        n = dst["saves/t"].shape[0] if checkpoint is None else min(checkpoint["saves"], dst["saves/t"].shape[0])
         for ds in dst["saves"].values():
             ds.resize(n, axis=0)
-        last_step = int(dst["saves/step"][n - 1]) if n else 0
+        last_step = checkpoint["step"] if checkpoint else (int(dst["saves/step"][n - 1]) if n else 0)
         for ds in dst["steps"].values():
-            ds.resize(last_step, axis=0)
+            ds.resize(min(last_step, ds.shape[0]), axis=0)
         if "kernel" in dst:
-            kt = dst["kernel/t"][()]
-            keep = int(np.searchsorted(kt, dst["saves/t"][n - 1], side="right")) if n else 0
+            t_end = checkpoint["t"] if checkpoint else (dst["saves/t"][n - 1] if n else -np.inf)
+            keep = int(np.searchsorted(dst["kernel/t"][()], t_end, side="right"))
             for ds in dst["kernel"].values():
                 ds.resize(keep, axis=0)
     os.replace(tmp, path)

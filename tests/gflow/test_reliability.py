@@ -29,14 +29,17 @@ def test_resumed_native_run_is_bitwise_the_uninterrupted_run(tmp_path, solver):
         stop += 1
     part = gflow.run(cfg.replace(max_steps=stop), tmp_path / "part.h5", progress=False)
     assert part.status == "stopped" and len(part) < len(full)
+    assert part.summary()["t"] == full.steps["t"].iloc[stop - 1] > part.save_times[-1]  # the stop, past the last save
+    assert part.checkpoint()["step"] == stop
     done = resume(part.path, max_steps=10**9, progress=False)
     assert done.status == "finished"
-    assert len(done) == len(full) + 1  # the stop point was saved as well
-    keep = np.isin(done.save_times, full.save_times)
-    assert np.array_equal(done.read("saves/state")[keep], full.read("saves/state"))
-    assert np.array_equal(done.read("saves/f_test")[keep], full.read("saves/f_test"))
-    assert np.array_equal(done.steps["t"], full.steps["t"]) and np.array_equal(done.steps["dt"], full.steps["dt"])
-    assert done.summary()["evals"] == full.summary()["evals"] + 1  # one evaluation to restart
+    for name in ("saves/t", "saves/state", "saves/dstate", "saves/f_train", "saves/f_test", "saves/step"):
+        assert np.array_equal(done.read(name), full.read(name)), name  # the saves of the uninterrupted run
+    steps, full_steps = done.steps, full.steps
+    for column in ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected"):
+        assert np.array_equal(steps[column], full_steps[column], equal_nan=True), column
+    assert np.array_equal(steps["evals"].iloc[stop:], full_steps["evals"].iloc[stop:] + 1)  # one evaluation to restart
+    assert done.summary()["evals"] == full.summary()["evals"] + 1
     assert done.config.max_steps == 10**9  # the file records the budget it finished under
 
 
@@ -105,7 +108,7 @@ def test_signals_stop_cleanly_with_status_stopped_and_no_traceback(tmp_path, sig
     assert "Traceback" not in err and f"stopped by {sig.name}" in err and "--resume" in err
     traj = gflow.open(out)
     assert traj.status == "stopped" and sig.name in traj.stop_reason
-    assert traj.save_times[-1] == traj.steps["t"].iloc[-1]  # stopped at a step, and saved it
+    assert traj.checkpoint()["t"] == traj.steps["t"].iloc[-1] >= traj.save_times[-1]  # stopped at a step, kept
     steps = traj.summary()["step"]
     more = resume(out, max_steps=steps + 20, progress=False)
     assert more.status == "stopped" and more.summary()["step"] == steps + 20
