@@ -12,9 +12,9 @@ from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
 from .kernels import ntk
 from .run import resume, run
+from .sweep import Sweep, run_sweep
 from .trajectory import Trajectory
 from .trajectory import open_trajectory as open
-from .sweep import Sweep, run_sweep
 
 __all__ = [
     "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Sweep", "Trajectory", "build",

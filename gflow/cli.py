@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FIELD_TYPES, RunConfig
-from .errors import GflowError
+from .errors import DiskFull, GflowError
 from .plots import KINDS
 from .sweep import ENGINES
 
@@ -269,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GflowError as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         return 2
+    except DiskFull as e:
+        print(f"gflow: error: {e}", file=sys.stderr)
+        if e.unclean:  # HDF5 would crash closing the file at exit: end here, the file as a kill leaves it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return 1
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         target = (args.resume or args.out) if args.command == "run" else None

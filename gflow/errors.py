@@ -23,3 +23,19 @@ class RunBusy(GflowError):
 
 class OutputExists(GflowError):
     """The output file of a new run exists already (pass overwrite=True to replace it)."""
+
+
+class DiskFull(Exception):
+    """The disk holding a run's file has no room for its next write.
+
+    Not bad input (the CLI exits with 1, not 2). The file keeps every complete save; when
+    the lack of space was seen before writing, the run is marked ``stopped`` and resumes
+    once there is room. ``unclean``: a write had already failed, after which HDF5 cannot
+    close the file in this process (it would crash at exit), so the file is left as a
+    killed run leaves it (status ``running``, resumable) and the process should end
+    without running HDF5's exit handlers (the CLI does).
+    """
+
+    def __init__(self, message: str, unclean: bool = False) -> None:
+        super().__init__(message)
+        self.unclean = unclean

@@ -16,12 +16,13 @@ from torch import nn
 from solvers import Counters, Stop, integrate
 
 from .config import RunConfig
-from .errors import GflowError, OutputExists
+from .errors import DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
 from .losses import Loss
 from .methods import make_events, make_method, save_times
 from .progress import ProgressBar
-from .store import TrajectoryWriter
+from .store import RunLock, TrajectoryWriter
+from .store.format import repair_truncated
 from .trajectory import Trajectory, matching_flow
 
 
@@ -79,6 +80,9 @@ def _integrate_into(
                                  observers=[writer, bar], events=[*make_events(cfg, flow), signals],
                                  dt=dt, counters=counters)
             writer.finish(solution.stop, solution.dt)
+    except DiskFull as e:  # resumable once there is room (finish does nothing after a failed write)
+        writer.finish(Stop("stopped", str(e)), None)
+        raise
     except KeyboardInterrupt as e:  # a second signal, or Ctrl-C outside the integration loop
         writer.finish(Stop("stopped", f"interrupted ({getattr(e, 'signame', 'SIGINT')}) during a write"), None)
         raise
@@ -137,7 +141,22 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
     method's tolerance. ``max_steps`` and ``max_wall``
     replace the stored budgets (both count the whole run, earlier parts included); None
     keeps them. A run another live process is writing is refused. A run made from Python
-    objects needs them again (``model``, ``data``, ``loss``), checked against the file."""
+    objects needs them again (``model``, ``data``, ``loss``), checked against the file. A
+    file a write left short for lack of space is extended to its recorded size first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file" if not path.exists() else f"{path}: not a file (a trajectory is "
+                              "one HDF5 file)")
+    lock = RunLock(path)  # before touching the file: no live writer may hold it
+    try:
+        repair_truncated(path)
+        return _resume(path, lock, model, data, loss, max_steps, max_wall, progress)
+    finally:
+        lock.release()
+
+
+def _resume(path: str | Path, lock: RunLock, model: nn.Module | None, data: DataArg | None, loss: Loss | str | None,
+            max_steps: int | None, max_wall: float | None, progress: bool | None) -> Trajectory:
     traj = Trajectory(path)
     if traj.status not in ("running", "stopped"):
         raise GflowError(f"{path}: status {traj.status}; only running (killed) or stopped runs can be resumed")
@@ -150,7 +169,7 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
     flow = matching_flow(traj, model=model, data=data, loss=loss)
     flow.cfg = cfg  # new budgets only: the ODE is the same, and the file records them
     start = _continuation(traj)
-    writer = TrajectoryWriter(path, flow, save_times(cfg), resume=True)
+    writer = TrajectoryWriter(path, flow, save_times(cfg), resume=True, lock=lock)
     if start.t >= cfg.t_end:
         writer.finish(Stop("finished", "reached t_end"), None)
         return Trajectory(path, model=model, data=data, loss=loss)

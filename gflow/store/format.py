@@ -6,7 +6,9 @@ these names and helpers, and nothing here imports a model or user code.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,9 +143,53 @@ def _open_plain_or_swmr(path: Path) -> h5py.File:
         except OSError as e:
             if "already open for write" in str(e):
                 return h5py.File(path, "r", swmr=True)
-            if "truncated file" not in str(e) or time.monotonic() > deadline:
+            if "truncated file" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                # A writer whose write found no room leaves its file marked open-for-write
+                # and short of its recorded end; its complete saves lie in the part on disk.
+                block = _superblock(path)
+                if block is not None and block[1]:
+                    return h5py.File(path, "r", swmr=True)
                 raise
             time.sleep(0.01)
+
+
+def _superblock(path: Path) -> tuple[int, bool] | None:
+    """(end-of-file address, open-for-write flag) from a version 2 or 3 HDF5 superblock (what
+    ``libver="latest"`` writes: signature, version, sizes, consistency flags at byte 11, then
+    base, extension and end-of-file addresses at bytes 12, 20 and 28), read as plain bytes so
+    that it works beside a broken HDF5 handle; None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(48)
+    except OSError:
+        return None
+    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    return int.from_bytes(head[28:36], "little"), bool(head[11] & 1)
+
+
+def repair_truncated(path: Path, verify: bool = True) -> bool:
+    """Extend ``path`` to the end of file its superblock records, when a write that ran out
+    of space left it shorter (HDF5 then refuses to open it plainly, though every complete
+    save lies in the part on disk): the missing tail becomes a hole of zeros, which no
+    complete save refers to. With ``verify``, undone unless the file then opens. Only for a
+    file no live writer holds (under the run's lock, or by the writer whose write failed).
+    Returns whether the file was extended."""
+    block = _superblock(path)
+    size = path.stat().st_size
+    if block is None or block[0] <= size:
+        return False
+    try:
+        os.truncate(path, block[0])
+        if verify:
+            h5py.File(path, "r", swmr=True).close()
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        return False
 
 
 def version_of(f: h5py.File) -> int:

@@ -7,13 +7,16 @@ beside the file for the writer's lifetime.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +27,7 @@ import torch
 
 from solvers import Observer, SaveRecord, StepRecord, Stop
 
-from ..errors import GflowError, RunBusy
+from ..errors import DiskFull, GflowError, RunBusy
 from ..kernels import ntk, relative_change
 from .format import (
     CHECKPOINT_COLUMNS,
@@ -38,6 +41,7 @@ from .format import (
     create_table,
     open_file,
     read_checkpoint,
+    repair_truncated,
     upgrade,
 )
 
@@ -93,11 +97,12 @@ class TrajectoryWriter(Observer):
     saves. The writer holds an exclusive lock (``<path>.lock``) for its lifetime, so no
     second process can write or resume the same run. ``finish(stop)`` records the final
     status and the step size to resume with. Tables hold what was computed: states,
-    outputs and kernels in the run's dtype, scalars in float64.
+    outputs and kernels in the run's dtype, scalars in float64. ``lock``: the run's lock
+    when the caller holds it already (resume takes it before looking at the file).
     """
 
     def __init__(self, path: str | Path, flow: GradientFlow, scheduled: Sequence[float] = (), keep_state: bool = True,
-                 resume: bool = False, overwrite: bool = False) -> None:
+                 resume: bool = False, overwrite: bool = False, lock: RunLock | None = None) -> None:
         self.flow = flow
         self.path = Path(path)
         self._scheduled = set(scheduled)
@@ -106,30 +111,43 @@ class TrajectoryWriter(Observer):
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
-        self._lock = RunLock(self.path)
+        self._lock = lock or RunLock(self.path)
         try:
             if resume:
                 with open_file(self.path) as f:  # again under the lock: another process may have just finished it
                     status = f["run/status"][()].decode()
                 if status not in ("running", "stopped"):
                     raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
+                self._need(self.path.stat().st_size, "to resume it (resuming rewrites the file)", "nothing changed")
                 rewrite_to_checkpoint(self.path, flow.cfg.to_json())
                 self.file = h5py.File(self.path, "r+", libver="latest")
                 upgrade(self.file, sources(flow), flow.y0.cpu().numpy())
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
             else:
+                self._need(_creation_bytes(flow), "to create it", "no file written")
                 if overwrite and self.path.is_file():
                     self.path.unlink()
                 try:  # "w-" fails if the file exists: two processes racing for one output cannot both win
                     self.file = h5py.File(self.path, "w-", libver="latest")
                 except FileExistsError:
                     raise RunBusy(f"output {self.path} was just created by another process") from None
-                self._create(flow, keep_state)
+                except OSError as e:
+                    raise GflowError(f"cannot create {self.path}: {_first_line(e)}") from None
+                try:
+                    self._create(flow, keep_state)
+                except (OSError, RuntimeError) as e:
+                    why = _out_of_space(e)
+                    if not why:
+                        raise
+                    self.path.unlink(missing_ok=True)  # nothing committed yet: leave no half-made file
+                    raise DiskFull(f"{why} {self.path} while creating it ({_free(self.path)} free); no file written",
+                                   unclean=True) from None
         except BaseException:
             self._lock.release()
             raise
         self.keep_state = "state" in self.file["saves"]
+        self._broken = False
         self._set_status("running", "")
         self.file.swmr_mode = True
         # Handles looked up once: h5py's name lookup costs more than a small append.
@@ -228,8 +246,45 @@ class TrajectoryWriter(Observer):
         if self._scheduled and record.ev.t not in self._scheduled:
             self._pending = record
             return
-        self._write_save(record)
-        self._write_checkpoint(record)
+        self._need(self._save_bytes(record), "for its next save", self._resumable())
+        with self._writing():
+            self._write_save(record)
+            self._write_checkpoint(record)
+
+    def _save_bytes(self, record: SaveRecord) -> int:
+        """Bytes one save appends (rows, buffered steps, a kernel snapshot, a checkpoint)."""
+        flow, item = self.flow, self.flow.w0.element_size()
+        n = item * (flow.f0_train.numel() + flow.f0_test.numel() + 2 * len(flow.y0) * (1 + self.keep_state))
+        kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
+        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
+            item * kernel**2
+
+    def _resumable(self) -> str:
+        return f"the file keeps every complete save: free space and resume it (gflow run --resume {self.path})"
+
+    def _need(self, nbytes: int, what: str, then: str) -> None:
+        """Raise DiskFull, before anything is written, unless the disk holding the file has
+        room for ``nbytes`` twice over plus 1 MiB (HDF5's chunk indices and metadata grow too):
+        a write that fails for lack of space leaves HDF5 unable to close the file."""
+        free = _free_bytes(self.path)
+        if free < 2 * nbytes + 2**20:
+            raise DiskFull(f"no space left on the disk of {self.path} {what} ({_size(free)} free, needs about "
+                           f"{_size(2 * nbytes + 2**20)}); {then}")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a write that failed for lack of space into DiskFull (unclean: see its doc)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            why = _out_of_space(e)
+            if not why:
+                raise
+            self._broken = True
+            with contextlib.suppress(OSError):  # best effort: a file limit (EFBIG) forbids it, resume does it then
+                repair_truncated(self.path, verify=False)
+            raise DiskFull(f"{why} {self.path} ({_free(self.path)} free on its disk); {self._resumable()}",
+                           unclean=True) from None
 
     def _write_checkpoint(self, record: SaveRecord, dt: float | None = None) -> None:
         """Record the state of ``record`` as the checkpoint, crash-safely: into the slot not
@@ -291,21 +346,62 @@ class TrajectoryWriter(Observer):
         """Record how the run ended, close the file and release the lock (idempotent). The
         last save gets a kernel snapshot if its schedule skipped it: the kernel at the end of
         training is what a catalog reports."""
+        if self._broken:  # HDF5 cannot close it: leave it as a kill would (see DiskFull)
+            self._lock.release()
+            return
         if self.file:
-            if self._pending is not None:
-                if stop.status != "stopped":
-                    self._write_save(self._pending)
-                self._write_checkpoint(self._pending, dt)
-                self._pending = None
-            if self._last_save is not None and stop.status != "failed":
-                t, w = self._last_save
-                self._snapshot_kernel(w)
-                self.file.flush()
-                append(self.file["kernel/t"], np.array([t]))
-            self._flush_steps()
-            self._set_status(stop.status, stop.reason, np.nan if dt is None else dt)
-            self.file.close()
+            with self._writing():
+                if self._pending is not None:
+                    if stop.status != "stopped":
+                        self._write_save(self._pending)
+                    self._write_checkpoint(self._pending, dt)
+                    self._pending = None
+                if self._last_save is not None and stop.status == "finished":
+                    t, w = self._last_save
+                    self._snapshot_kernel(w)
+                    self.file.flush()
+                    append(self.file["kernel/t"], np.array([t]))
+                self._flush_steps()
+                self._set_status(stop.status, stop.reason, np.nan if dt is None else dt)
+                self.file.close()
         self._lock.release()
+
+
+_NO_ROOM = {errno.ENOSPC: "no space left on the disk of", errno.EFBIG: "the file size limit (ulimit -f) stopped",
+            errno.EDQUOT: "the disk quota is exhausted for"}
+
+
+def _out_of_space(e: BaseException) -> str | None:
+    """What stopped a write that found no room (from h5py's message or the OS error), or None."""
+    if isinstance(e, OSError) and e.errno in _NO_ROOM:
+        return _NO_ROOM[e.errno]
+    return next((why for n, why in _NO_ROOM.items() if f"errno = {n}," in str(e)), None)
+
+
+def _free_bytes(path: Path) -> int:
+    stat = os.statvfs(path.parent)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _free(path: Path) -> str:
+    return _size(_free_bytes(path))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _creation_bytes(flow: GradientFlow) -> int:
+    """Bytes a new file takes before its first save: the initial state, outputs, labels
+    and (with snapshots) the initial kernel, plus the empty checkpoint's two slots."""
+    item = flow.w0.element_size()
+    kernel = flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
+    return item * (3 * len(flow.y0) + flow.f0_train.numel() + flow.f0_test.numel() + kernel**2) + \
+        8 * (len(flow.y_train) + len(flow.y_test)) * 3
 
 
 class RunLock:

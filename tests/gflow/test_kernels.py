@@ -5,6 +5,8 @@ import gflow
 from gflow import GflowError, RunConfig
 from gflow.kernels import jacobian, ntk, ntk_loop, relative_change
 
+from . import usercode
+
 SMALL = RunConfig(ptr=60, pte=10, width=16, depth=3)
 
 
@@ -132,7 +134,6 @@ def test_kernel_benchmark_runs_on_a_tiny_problem_and_checks_agreement(tmp_path):
 
 # --- k outputs, and the user's modules -----------------------------------------------------------
 
-from . import usercode  # noqa: E402
 
 
 @pytest.fixture(scope="module")

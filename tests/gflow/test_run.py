@@ -8,6 +8,8 @@ from gflow import GflowError, RunConfig
 from gflow.run import save_times
 from gflow.store import REQUIRED
 
+from . import usercode
+
 CFG = RunConfig(ptr=100, pte=50, width=20, t_end=50.0, saves=12, save_t_min=0.1)
 
 
@@ -104,7 +106,6 @@ def test_same_config_gives_a_bitwise_identical_trajectory(tmp_path, stored):
 
 # --- your own model, data and loss -------------------------------------------------------------
 
-from . import usercode  # noqa: E402
 
 
 def test_a_user_module_equal_to_gflows_fc_reproduces_the_built_in_trajectory(tmp_path):

@@ -1,6 +1,17 @@
-"""The writer (gflow.store.writer): what it streams into the file."""
+"""The writer (gflow.store.writer): what it streams into the file, and a disk that fills up."""
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
 
 import gflow
+from gflow.errors import DiskFull
+from gflow.store import writer as writer_module
 
 from .conftest import CFG
 
@@ -13,3 +24,121 @@ def test_the_step_table_records_the_ratio_the_controller_measured(tmp_path):
     assert cheb["dgrad_ratio"].isna().all()
     assert paper["error_ratio"].isna().all() and (paper["dgrad_ratio"] < 1).all()
 
+
+
+# --- a disk that fills up ------------------------------------------------------------------------
+
+
+
+
+RUN = ["--ptr", "100", "--pte", "50", "--width", "100", "--t-end", "100"]
+FULL_CFG = gflow.RunConfig(ptr=100, pte=50, width=100, t_end=100.0)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return gflow.run(FULL_CFG, tmp_path_factory.mktemp("full") / "full.h5", progress=False)
+
+
+def _same_saves(a, b):
+    assert np.array_equal(a.save_times, b.save_times)
+    assert np.array_equal(a.read("saves/state"), b.read("saves/state"))
+    assert np.array_equal(a.read("saves/f_test"), b.read("saves/f_test"))
+
+
+def test_a_write_stopped_by_the_file_size_limit_is_one_line_exit_1_and_the_file_resumes(tmp_path, uninterrupted):
+    """Fault injection without root: RLIMIT_FSIZE makes a write fail mid-run (EFBIG), as a
+    full disk does (ENOSPC). No crash, no traceback; the complete saves stay readable and
+    the run resumes to the uninterrupted run's saves."""
+    out = tmp_path / "r.h5"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    proc = subprocess.run([sys.executable, "-m", "gflow.cli", "run", *RUN, "--out", str(out)], preexec_fn=limit,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "file size limit" in proc.stderr and f"--resume {out}" in proc.stderr
+    traj = gflow.open(out)
+    assert traj.status == "running" and len(traj) >= 1  # as a kill leaves it: resumable
+    done = gflow.resume(out, progress=False)
+    assert done.status == "finished"
+    _same_saves(done, uninterrupted)
+    assert not out.with_name("r.h5.lock").exists()
+
+
+def test_a_disk_too_full_for_the_next_save_stops_the_run_resumably(tmp_path, monkeypatch, uninterrupted):
+    saves = []
+    original = writer_module.TrajectoryWriter._write_save
+
+    def counting(self, record):
+        saves.append(record.ev.t)
+        return original(self, record)
+
+    monkeypatch.setattr(writer_module.TrajectoryWriter, "_write_save", counting)
+    monkeypatch.setattr(writer_module, "_free_bytes", lambda path: 10**12 if len(saves) < 30 else 2**20)
+    out = tmp_path / "r.h5"
+    with pytest.raises(DiskFull, match="no space left on the disk of .*r.h5 for its next save .*resume it") as info:
+        gflow.run(FULL_CFG, out, progress=False)
+    assert not info.value.unclean
+    traj = gflow.open(out)
+    assert traj.status == "stopped" and "no space left" in traj.stop_reason and len(traj) == 30
+    monkeypatch.setattr(writer_module, "_free_bytes", lambda path: 10**12)
+    done = gflow.resume(out, progress=False)
+    assert done.status == "finished"
+    _same_saves(done, uninterrupted)
+
+
+def test_a_disk_too_full_to_create_the_file_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "_free_bytes", lambda path: 1000)
+    out = tmp_path / "r.h5"
+    with pytest.raises(DiskFull, match="to create it .*no file written"):
+        gflow.run(FULL_CFG, out, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a directory on a tmpfs of that size (root only), unmounted afterwards."""
+    mounted = []
+
+    def mount(size):
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                          capture_output=True).returncode:
+            pytest.skip("tmpfs cannot be mounted here")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.skipif(not _can_mount(), reason="mounting a small tmpfs needs root")
+def test_a_disk_too_small_to_create_the_file_is_one_line_and_no_file(small_disk):
+    disk = small_disk("64k")
+    proc = subprocess.run([sys.executable, "-m", "gflow.cli", "run", *RUN, "--out", str(disk / "x.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "no file written" in proc.stderr
+    assert list(disk.iterdir()) == []
+
+
+@pytest.mark.skipif(not _can_mount(), reason="mounting a small tmpfs needs root")
+def test_a_real_full_disk_stops_the_run_and_more_room_lets_it_finish(small_disk, uninterrupted):
+    disk = small_disk("4m")
+    out = disk / "r.h5"
+    proc = subprocess.run([sys.executable, "-m", "gflow.cli", "run", *RUN, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "no space left" in proc.stderr
+    assert gflow.open(out).status == "stopped"
+    subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+    resumed = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--resume", str(out)],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_saves(gflow.open(out), uninterrupted)
