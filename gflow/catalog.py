@@ -20,7 +20,7 @@ import torch
 
 from .config import RunConfig
 from .errors import GflowError
-from .geometry import first_crossing
+from .geometry import check_threshold, first_crossing
 from .losses import classification_error
 from .store import TrajectoryFile
 from .timescales import power_law
@@ -40,6 +40,7 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
     directory = Path(directory)
     if not directory.is_dir():
         raise GflowError(f"{directory}: no such directory")
+    check_threshold(eps)
     rows = [_row(path, eps) for path in sorted(directory.glob("*.h5"))]
     arguments = sorted({k for row in rows for k in row if k not in CONFIG and k not in RESULTS})
     return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS, *arguments])

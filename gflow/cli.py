@@ -277,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(1)
         return 1
+    except BrokenPipeError:  # the reader of our output left (gflow ... | head): nothing is wrong with the work
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         target = (args.resume or args.out) if args.command == "run" else None

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from .errors import GflowError
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -64,6 +66,14 @@ def linearization_gap(model: Model, w0: torch.Tensor, w: torch.Tensor, x: torch.
         f = model(w.detach(), x)
     moved = float((f - f0).norm())
     return float((f - f0 - df).norm()) / moved if moved > 0 else 0.0
+
+
+def check_threshold(eps: float) -> float:
+    """A crossing threshold must be a finite number > 0 (a gap or change of 0 is crossed at
+    once, a negative or NaN one never means anything)."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise GflowError(f"eps = {eps!r}: the t1 threshold must be a finite number > 0")
+    return float(eps)
 
 
 def first_crossing(times: np.ndarray, values: np.ndarray, eps: float) -> float:

@@ -137,13 +137,32 @@ _DRAW: dict[str, Callable] = {
 }
 
 
+FORMATS = ("png", "pdf", "svg", "eps", "jpg")
+
+
+def figure_path(out: str | Path) -> Path:
+    """Where a figure named ``out`` goes: ``out`` with a known suffix, or ``out.png`` when it has
+    none; one GflowError for an unknown suffix or a missing directory."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    if out.suffix[1:].lower() not in FORMATS:
+        raise GflowError(f"figure {out}: unknown format {out.suffix!r}; use one of {', '.join('.' + f for f in FORMATS)}")
+    if not out.parent.is_dir():
+        raise GflowError(f"figure {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise GflowError(f"figure {out}: is a directory")
+    return out
+
+
 def plot(directory: str | Path, kind: str, out: str | Path) -> Path:
-    """Draw the figure ``kind`` (one of KINDS) for the runs in ``directory`` into ``out`` (PNG)."""
+    """Draw the figure ``kind`` (one of KINDS) for the runs in ``directory`` into ``out`` (PNG,
+    PDF, SVG... by its suffix; ``.png`` added when it has none); returns the path written."""
     if kind not in _DRAW:
         raise GflowError(f"kind = {kind!r}: must be one of {', '.join(KINDS)}")
+    out = figure_path(out)
     fig = _DRAW[kind](directory)
     fig.tight_layout()
-    out = Path(out)
     fig.savefig(out, dpi=120)
     import matplotlib.pyplot as plt
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .geometry import first_crossing
+from .geometry import check_threshold, first_crossing
 from .trajectory import open_trajectory
 
 
@@ -20,6 +20,7 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
     """One row per run: file, alpha, width (of gflow's network, or the ``width`` argument of
     a model factory; NaN when there is none), seed, t1 by each estimator (inf: not reached),
     and the kernel change at the last save."""
+    check_threshold(eps)
     rows = []
     for path in paths:
         traj = open_trajectory(path)

@@ -22,7 +22,7 @@ from solvers import hermite, integrate
 
 from .errors import GflowError
 from .flow import DataArg, GradientFlow, build
-from .geometry import Curvature, curvature, first_crossing, linearization_gap
+from .geometry import Curvature, check_threshold, curvature, first_crossing, linearization_gap
 from .kernels import ntk, relative_change
 from .losses import Loss
 from .methods import make_method
@@ -182,6 +182,7 @@ class Trajectory(TrajectoryFile):
         ||Theta(t) - Theta(0)|| / ||Theta(0)|| > eps;  curvature: the prediction
         R / ||J u|| at t = 0 (eps unused).
         """
+        check_threshold(eps)
         if method == "curvature":
             return self.curvature(0).exit_time
         if method == "linearization":

@@ -33,10 +33,17 @@ class Controller(Protocol):
     def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision: ...
 
 
+# Below this, a squared norm has lost precision to underflow (the square of the smallest normal's square root).
+_NORMAL_SQUARES = {t: torch.finfo(t).tiny * 2**40 for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
 def gradient_turn(g: torch.Tensor, g_new: torch.Tensor, gg: float | None = None, gg_new: float | None = None) -> float:
     """r = ||g' - g||^2 / (||g'|| ||g||): how much the gradient turned over a step.
 
-    Zero when either gradient vanishes (nothing left to turn), as in the original code.
+    Zero when both gradients vanish (at rest, nothing turned); infinite when exactly one does:
+    a step that annihilated the gradient, or started from a stationary point and left it,
+    turned it completely and must not be accepted as a small change (the original code
+    returned 0 there, which accepts a first Euler step of dt = 1 on y' = -y landing on y = 0).
     ``gg``, ``gg_new``: ||g||^2 and ||g'||^2 when already known (see
     :meth:`Evaluation.sq_norm`), so that each gradient's norm is computed once per run.
     In float64, ||g' - g||^2 is expanded as ||g||^2 + ||g'||^2 - 2 g.g': one pass over
@@ -44,13 +51,21 @@ def gradient_turn(g: torch.Tensor, g_new: torch.Tensor, gg: float | None = None,
     cost, ~1% of a run). The expansion is exact to ~eps ||g|| ||g'||, so r has an absolute
     error of ~1e-15, far below any bound a controller sets (max_dgrad 1e-4 in the paper).
     In float32 that error would be ~1e-6, a percent of such a bound, so the difference is
-    formed explicitly there.
+    formed explicitly there. Gradients so small that their squares leave the normal range
+    (entries below ~1e-154 in float64) are rescaled first: r does not depend on their scale.
     """
     gg = float(g.dot(g)) if gg is None else gg
     gg_new = float(g_new.dot(g_new)) if gg_new is None else gg_new
-    norms = math.sqrt(gg * gg_new)
+    if min(gg, gg_new) < _NORMAL_SQUARES[g.dtype]:
+        scale = max((float(v.abs().max()) for v in (g, g_new) if v.numel()), default=0.0)
+        if scale == 0.0:
+            return 0.0  # both vanish: at rest
+        g, g_new = g / scale, g_new / scale
+        gg, gg_new = float(g.dot(g)), float(g_new.dot(g_new))
+    product = gg * gg_new  # the original code's sqrt(gg gg'), kept bit for bit where it does not underflow
+    norms = math.sqrt(product) if product > 1e-300 else math.sqrt(gg) * math.sqrt(gg_new)
     if norms == 0.0:
-        return 0.0
+        return math.inf  # exactly one vanishes
     if torch.finfo(g.dtype).eps > 1e-12:
         d = g_new - g
         return float(d.dot(d)) / norms

@@ -27,7 +27,30 @@ class Steps(Observer):
 def test_gradient_turn_is_the_papers_ratio():
     g, g2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     assert gradient_turn(g, g2) == pytest.approx(5.0 / 2.0)
-    assert gradient_turn(g, torch.zeros(2)) == 0.0
+    assert gradient_turn(torch.zeros(2), torch.zeros(2)) == 0.0  # at rest
+    assert gradient_turn(g, torch.zeros(2)) == math.inf  # a step that annihilated the gradient
+    assert gradient_turn(torch.zeros(2), g) == math.inf  # one that left a stationary point
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e-160, 1e-200, 1e-300])
+def test_gradient_turn_does_not_depend_on_the_gradients_scale_down_to_subnormals(scale):
+    g, g2 = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([1.0, 0.01, 2.0])
+    assert gradient_turn(scale * g, scale * g2) == pytest.approx(gradient_turn(g, g2), rel=1e-10)
+
+
+def test_the_paper_controller_does_not_accept_a_step_that_annihilates_the_gradient():
+    """y' = -y from y = 1: a first Euler step of dt = 1 lands on y = 0 exactly. Accepting it
+    (ratio 0) would finish at y(10) = 0; rejecting it, the run reaches e^-10 to the accuracy of
+    Euler at the steps the bound allows: r = dt^2 / (1 - dt) < max_dgrad, so dt ~ sqrt(max_dgrad)
+    and the relative error ~ T dt / 2, falling tenfold when the bound falls a hundredfold."""
+    problem = FunctionProblem(lambda t, y: -y, lambda t, y: {"grad": y})
+    errors = []
+    for bound in (1e-4, 1e-6):
+        sol = integrate(problem, torch.ones(1), (0.0, 10.0), Adaptive(Euler(), GradientRatio(max_dgrad=bound)),
+                        save_at=[1.0, 10.0])
+        assert sol.stop.status == "finished"
+        errors.append(abs(float(sol.y) / math.exp(-10.0) - 1))
+    assert errors[0] < 10 * 0.01 / 2 and errors[1] < errors[0] / 5
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-3)])

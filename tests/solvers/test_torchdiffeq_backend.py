@@ -37,7 +37,7 @@ def _decay_error(method):
     return float((sol.y - math.exp(-4.0)).abs().max())
 
 
-@pytest.mark.parametrize("name", ADAPTIVE + ("scipy-LSODA", "scipy-BDF", "scipy-Radau"))
+@pytest.mark.parametrize("name", ADAPTIVE)
 def test_adaptive_methods_converge_as_tolerance_tightens(name):
     errors = [_decay_error(TorchDiffEq(name, rtol=r, atol=r * 1e-3)) for r in (1e-3, 1e-5, 1e-7)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors
@@ -99,3 +99,17 @@ def test_bad_method_arguments_are_rejected():
     for name in FIXED:
         with pytest.raises(ValueError, match="fixed-step"):
             TorchDiffEq(name)
+
+
+def test_implicit_adams_fails_when_its_iteration_does_not_converge_instead_of_finishing():
+    """Too large a step on a stiff decay: torchdiffeq only warns; the run must not say finished."""
+    sol = integrate(decay(50.0), torch.ones(3), (0.0, 2.0), TorchDiffEq("implicit_adams", step_size=0.5))
+    assert sol.stop.status == "failed" and "did not converge" in sol.stop.reason and "--dt" in sol.stop.reason
+    good = integrate(decay(50.0), torch.ones(3), (0.0, 2.0), TorchDiffEq("implicit_adams", step_size=0.001))
+    assert good.stop.status == "finished"
+
+
+def test_scipy_methods_are_not_offered():
+    assert not [m for m in METHODS if "scipy" in m.lower()]
+    with pytest.raises(ValueError, match="must be one of"):
+        TorchDiffEq("scipy-BDF")
