@@ -275,6 +275,9 @@ def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+PROBLEMS = ("digits-gf-a1e-2", "digits-gf-a1", "digits-gf-a1e2", "digits-mom-a1", "fashion-gf-a1")
+
+
 def problems(names: list[str] | None = None, quick: bool = False) -> dict[str, RunConfig]:
     """The benchmark problems: digits FC (ptr 1000, L=3, h=100) at alpha 1e-2, 1, 1e2 under
     gradient flow, alpha 1 under momentum flow, and Fashion-MNIST two-class (ptr 10000,
@@ -296,7 +299,7 @@ def problems(names: list[str] | None = None, quick: bool = False) -> dict[str, R
         else:
             table["fashion-gf-a1"] = base.replace(dataset="fashion-mnist", labels="halves", ptr=10000, width=300,
                                                   t_end=1e2 if not quick else 5.0)
-    unknown = set(names or []) - set(table) - {"fashion-gf-a1"}
+    unknown = set(names or []) - set(PROBLEMS)
     if unknown:
-        raise ValueError(f"unknown benchmark problem {sorted(unknown)[0]!r}; known: {', '.join(table)}, fashion-gf-a1")
+        raise ValueError(f"unknown benchmark problem {sorted(unknown)[0]!r}; known: {', '.join(PROBLEMS)}")
     return {k: v for k, v in table.items() if not names or k in names}

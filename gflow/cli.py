@@ -8,11 +8,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .bench import PROBLEMS
 from .config import FIELD_TYPES, RunConfig
 from .errors import DiskFull, GflowError
 from .plots import KINDS
@@ -76,19 +77,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if traj.status == "finished" else 1
 
 
+def _describe_sources(traj: Any) -> list[str]:
+    """The data, network and loss lines: the config's built-in fields, or what the file
+    recorded of the user's model, data and loss."""
+    cfg, sources = traj.config, traj.sources
+    data, model, loss = sources["data"], sources["model"], sources["loss"]
+    if data.get("source") == "builtin":
+        data_line = f"{cfg.dataset} ptr={cfg.ptr} pte={cfg.pte} labels={cfg.labels}" + (f" pca={cfg.pca}" if cfg.pca else "")
+    else:
+        shape = "x".join(map(str, data.get("x_shape", [])))
+        where = data.get("reference", "arrays given in Python") + (f" {json.dumps(data['args'])}" if data.get("args") else "")
+        data_line = f"{where}: inputs {shape} {data.get('x_dtype', '')}, labels {data.get('y_dtype', '')}"
+    if model.get("source") == "builtin":
+        model_line = f"{cfg.arch} depth={cfg.depth} width={cfg.width} act={cfg.act} {cfg.parametrization} seed={cfg.seed}"
+    else:
+        where = model.get("reference", "a module given in Python") + (
+            f" {json.dumps(model['args'])}" if model.get("args") else "")
+        model_line = f"{model.get('class', '?')} from {where}, seed={cfg.seed}"
+    outputs = model.get("outputs", 1)
+    model_line += f", {traj.attrs['n_params']} parameters" + (f", {outputs} outputs" if outputs > 1 else "")
+    loss_line = f"{loss.get('name', cfg.loss)} alpha={cfg.alpha:g}" + (" centred" if cfg.centered else "")
+    return [f"  data         {data_line}", f"  network      {model_line}", f"  loss         {loss_line}"]
+
+
 def format_summary(traj: Any) -> str:
     """A readable summary of a stored run: config, status, counts, final metrics."""
+    from .methods import describe_method
+
     s = traj.summary()
     cfg = traj.config
     lines = [
         f"{traj.path}",
         f"  status       {s['status']} ({s['stop_reason']})",
-        f"  data         {cfg.dataset} ptr={cfg.ptr} pte={cfg.pte} labels={cfg.labels}"
-        + (f" pca={cfg.pca}" if cfg.pca else ""),
-        f"  network      {cfg.arch} depth={cfg.depth} width={cfg.width} act={cfg.act} {cfg.parametrization}"
-        f" seed={cfg.seed}",
-        f"  loss         {cfg.loss} alpha={cfg.alpha:g}" + (" centred" if cfg.centered else ""),
-        f"  solver       {cfg.solver} controller={cfg.controller} max_dgrad={cfg.max_dgrad:g} max_dout={cfg.max_dout:g}",
+        *_describe_sources(traj),
+        f"  solver       {describe_method(cfg)}",
     ]
     if "t" in s:
         lines += [
@@ -158,10 +180,25 @@ def _cmd_t1(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import Sweep, run_sweep, summarize
 
-    results = run_sweep(Sweep.load(args.file), args.out, engine=args.engine, workers=args.workers,
-                        scheduler=args.scheduler)
+    sweep = Sweep.load(args.file)
+    results = run_sweep(sweep, args.out, engine=args.engine, workers=args.workers, scheduler=args.scheduler,
+                        on_result=_line_per_run(len(sweep.runs())))
     print(summarize(results))
     return 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+def _line_per_run(total: int) -> Callable[[dict[str, str]], None] | None:
+    """A printer of one line per finished run, where no progress bar shows (stderr is not a
+    terminal: a log file, a batch job); None on a terminal, which has the bar."""
+    if sys.stderr.isatty():
+        return None
+    done = []
+
+    def line(result: dict[str, str]) -> None:
+        done.append(result)
+        print(f"[{len(done)}/{total}] {result['status']:8s} {result['action']:6s} {result['name']}", flush=True)
+
+    return line
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -190,9 +227,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments import reproduce
+    from .experiments import reproduce, sweep_file
 
-    for path in reproduce(args.name, args.out, workers=args.workers, engine=args.engine):
+    from .sweep import Sweep
+
+    total = len(Sweep.load(sweep_file(args.name)).runs())
+    for path in reproduce(args.name, args.out, workers=args.workers, engine=args.engine,
+                          on_result=_line_per_run(total)):
         print(f"wrote {path}")
     return 0
 
@@ -212,7 +253,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: work-precision of every method (solvers); cost per evaluation (overhead)")
     p.add_argument("which", choices=["solvers", "overhead"])
-    p.add_argument("--problems", nargs="+", help="subset of problems (default: the digits ones)")
+    p.add_argument("--problems", nargs="+", metavar="NAME", help="solvers only: problems to run, among "
+                   f"{', '.join(PROBLEMS)} (default: the digits ones)")
     p.add_argument("--methods", nargs="+", metavar="NAME",
                    help="solvers only: method labels such as 'gradient-ratio (paper)' or solver names "
                         "such as chebyshev (default: all)")

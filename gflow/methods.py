@@ -20,6 +20,7 @@ from solvers import (
 )
 from solvers.events import Event
 from solvers.method import Method
+from solvers.torchdiffeq_backend import FIXED
 
 from .config import NATIVE_SOLVERS, RunConfig
 from .flow import GradientFlow
@@ -70,3 +71,20 @@ def make_events(cfg: RunConfig, flow: GradientFlow) -> list[Event]:
     if cfg.max_steps is not None:
         events.append(MaxSteps(cfg.max_steps))
     return events
+
+
+def describe_method(cfg: RunConfig) -> str:
+    """The solver and the settings it uses (not those it ignores), e.g.
+    ``exponential rtol=0.001 atol=1e-06`` or ``momentum tau=1 controller=paper max_dgrad=0.0001 max_dout=0.1``."""
+    parts = [cfg.solver]
+    if cfg.momentum and cfg.solver != "momentum":
+        parts.append("flow=momentum")
+    if cfg.momentum:
+        parts.append(f"tau={cfg.tau:g}")
+    if cfg.solver in ("gradient-ratio", "momentum"):
+        parts += [f"controller={cfg.controller}", f"max_dgrad={cfg.max_dgrad:g}", f"max_dout={cfg.max_dout:g}"]
+    elif cfg.solver in FIXED:
+        parts.append(f"dt={cfg.dt:g}")
+    else:
+        parts += [f"rtol={cfg.rtol:g}", f"atol={cfg.atol:g}"]
+    return " ".join(parts)

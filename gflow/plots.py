@@ -2,7 +2,9 @@
 
 Each function draws on a fresh figure and returns it; ``plot(DIR, kind, out)`` saves one.
 The x axis of the collapse plots is sqrt(h) alpha, the scale that separates lazy
-(large) from feature (small) training.
+(large) from feature (small) training. Runs that differ only in their seed are averaged:
+lines are means over seeds, shaded bands their spread (one standard deviation), and the
+number of seeds is in the legend.
 """
 
 from __future__ import annotations
@@ -18,15 +20,25 @@ from .errors import GflowError
 from .store import TrajectoryFile
 
 KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble")
+_STYLES = ("-", "--", ":", "-.")
 
 
-def _figure(ncols: int = 1):
+def _figure(ncols: int = 1, nrows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), squeeze=False)
+    return plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False, layout="constrained")
+
+
+def _plain_ticks(axis, values) -> None:
+    """Ticks of a log axis at ``values`` (the widths run), labelled as plain numbers (25, 50, 100)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_major_locator(FixedLocator(sorted(set(values))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _finished(table: pd.DataFrame) -> pd.DataFrame:
@@ -38,10 +50,13 @@ def _finished(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _per_width(ax, table: pd.DataFrame, column: str) -> None:
-    """Mean over seeds of ``column`` against sqrt(h) alpha, one line per width."""
-    for width, group in table.groupby("width"):
-        mean = group.groupby("scale")[column].mean()
-        ax.plot(mean.index, mean.to_numpy(), "o-", label=f"h = {width}")
+    """Mean over seeds of ``column`` against sqrt(h) alpha, one line per width, the spread
+    over seeds (one standard deviation) shaded."""
+    for (width, group), style in zip(table.groupby("width"), _STYLES * 10):
+        stats = group.groupby("scale")[column].agg(["mean", "std", "count"])
+        line, = ax.plot(stats.index, stats["mean"], "o" + style, label=f"h = {width} ({int(stats['count'].max())} seeds)")
+        spread = stats["std"].fillna(0.0)
+        ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel(r"$\sqrt{h}\,\alpha$")
     ax.legend(fontsize=8)
@@ -52,7 +67,7 @@ def test_error_figure(directory: str | Path):
     fig, axes = _figure()
     _per_width(axes[0, 0], _finished(catalog(directory)), "test_err")
     axes[0, 0].set_ylabel("test error")
-    axes[0, 0].set_title("test error vs the lazy/feature scale")
+    axes[0, 0].set_title("test error (mean and spread over seeds)")
     return fig
 
 
@@ -65,66 +80,103 @@ def kernel_change_figure(directory: str | Path):
     _per_width(axes[0, 0], table, "kernel_change")
     axes[0, 0].set_yscale("log")
     axes[0, 0].set_ylabel(r"$\|\Theta(T)-\Theta(0)\|_F / \|\Theta(0)\|_F$")
-    axes[0, 0].set_title("kernel change")
+    axes[0, 0].set_title("kernel change at the end of training")
     return fig
 
 
+def _curves(directory: Path, files: pd.Series, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times, mean, std) over the runs ``files`` of ``column`` at their save times (t > 0);
+    a run that ended earlier holds its last value (its error at the end of training)."""
+    tables = [TrajectoryFile(directory / name).saves for name in files]
+    times = np.unique(np.concatenate([t["t"].to_numpy() for t in tables]))
+    times = times[times > 0]
+    values = np.array([np.interp(times, t["t"], t[column], right=t[column].iloc[-1]) for t in tables])
+    return times, values.mean(axis=0), values.std(axis=0)
+
+
 def learning_curves_figure(directory: str | Path):
-    """Test error vs t, and vs t / (sqrt(h) alpha), one curve per run (seed 0 only)."""
+    """Train and test error vs t and vs t / (sqrt(h) alpha), one curve per (alpha, h): the
+    mean over seeds, its spread shaded. Colour: log10 sqrt(h) alpha (colour bar); line
+    style: width."""
+    import matplotlib
+
+    directory = Path(directory)
     table = _finished(catalog(directory))
-    table = table[table["seed"] == table["seed"].min()]
-    fig, axes = _figure(2)
-    cmap = _colormap()
+    fig, axes = _figure(2, 2)
+    cmap = matplotlib.colormaps["viridis"]
     scales = np.log10(table["scale"].to_numpy())
-    lo, hi = scales.min(), max(scales.max(), scales.min() + 1e-9)
-    for (_, row), s in zip(table.iterrows(), scales):
-        saves = TrajectoryFile(Path(directory) / row["file"]).saves
-        saves = saves[saves["t"] > 0]
-        color = cmap((s - lo) / (hi - lo))
-        axes[0, 0].plot(saves["t"], saves["test_err"], color=color, lw=1)
-        axes[0, 1].plot(saves["t"] / row["scale"], saves["test_err"], color=color, lw=1)
-    for ax, label in zip(axes[0], ("t", r"$t / (\sqrt{h}\,\alpha)$")):
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test error")
-    axes[0, 0].set_title(rf"colour: $\log_{{10}}\sqrt{{h}}\alpha$ from {lo:.1f} to {hi:.1f}", fontsize=9)
+    norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
+    widths = sorted(table["width"].unique())
+    for (alpha, width), group in table.groupby(["alpha", "width"]):
+        scale = float(np.sqrt(width) * alpha)
+        color, style = cmap(norm(np.log10(scale))), _STYLES[widths.index(width) % len(_STYLES)]
+        for row, column in enumerate(("train_err", "test_err")):
+            times, mean, std = _curves(directory, group["file"], column)
+            for col, x in enumerate((times, times / scale)):
+                ax = axes[row, col]
+                ax.plot(x, mean, style, color=color, lw=1.2)
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, lw=0)
+    for row, name in enumerate(("train error", "test error")):
+        for col, label in enumerate(("t", r"$t / (\sqrt{h}\,\alpha)$")):
+            ax = axes[row, col]
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(name)
+            ax.set_title(f"{name} vs {'t' if col == 0 else 'rescaled time'}", fontsize=10)
+    seeds = int(table.groupby(["alpha", "width"]).size().max())
+    handles = [matplotlib.lines.Line2D([], [], color="k", ls=_STYLES[i % len(_STYLES)], label=f"h = {w}")
+               for i, w in enumerate(widths)]
+    axes[0, 0].legend(handles=handles, fontsize=8, title=f"mean of {seeds} seeds, band: std", title_fontsize=8)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(),
+                 label=r"$\log_{10}\sqrt{h}\,\alpha$")
     return fig
 
 
 def phase_figure(directory: str | Path):
-    """The (h, alpha) plane coloured by final test error, with the line alpha* = 1/sqrt(h)."""
+    """The (h, alpha) plane coloured by final test error (mean over seeds), with the line
+    alpha* = 1/sqrt(h) that separates the regimes."""
     table = _finished(catalog(directory))
     mean = table.groupby(["width", "alpha"])["test_err"].mean().reset_index()
     fig, axes = _figure()
     ax = axes[0, 0]
     points = ax.scatter(mean["width"], mean["alpha"], c=mean["test_err"], cmap="viridis", s=80)
-    fig.colorbar(points, ax=ax, label="test error")
+    fig.colorbar(points, ax=ax, label="test error (mean over seeds)")
     h = np.geomspace(mean["width"].min(), mean["width"].max(), 50)
     ax.plot(h, 1 / np.sqrt(h), "k--", label=r"$\alpha^* = 1/\sqrt{h}$")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_ticks(ax.xaxis, mean["width"])
     ax.set_xlabel("width h")
     ax.set_ylabel(r"$\alpha$")
     ax.legend(fontsize=8)
-    ax.set_title("feature (below) and lazy (above) training")
+    ax.set_title("feature (below the line) and lazy (above) training")
     return fig
 
 
 def ensemble_figure(directory: str | Path):
     """Test error of the mean predictor and fluctuations delta_F vs h, one line per alpha."""
     ens = ensemble(directory)
+    if int(ens["seeds"].max()) < 2:
+        raise GflowError(f"{directory}: every (alpha, width) has one seed; averages over initialisations need "
+                         "at least two seeds per point (add seeds to the sweep's grid)")
+    ens = ens[ens["seeds"] >= 2]
     exponents = fluctuation_exponents(ens).set_index("alpha")["delta_F_exponent"]
     fig, axes = _figure(2)
     for alpha, group in ens.groupby("alpha"):
         group = group.sort_values("width")
+        slope = exponents[alpha]
         axes[0, 0].plot(group["width"], group["ensemble_test_err"], "o-", label=rf"$\alpha$ = {alpha:g}")
         axes[0, 1].plot(group["width"], group["delta_F"], "o-",
-                        label=rf"$\alpha$ = {alpha:g}, slope {exponents[alpha]:.2f}")
+                        label=rf"$\alpha$ = {alpha:g}" + (f", slope {slope:.2f}" if np.isfinite(slope) else ""))
+    low, high = int(ens["seeds"].min()), int(ens["seeds"].max())
     axes[0, 0].set_ylabel("test error of the mean predictor")
+    axes[0, 0].set_title(f"mean predictor over {low if low == high else f'{low}-{high}'} seeds", fontsize=10)
     axes[0, 1].set_ylabel(r"$\delta F$ (RMS over seeds)")
     axes[0, 1].set_yscale("log")
+    axes[0, 1].set_title(r"fluctuations over seeds ($\sim h^{-1/2}$ when lazy)", fontsize=10)
     for ax in axes[0]:
         ax.set_xscale("log")
+        _plain_ticks(ax.xaxis, ens["width"])
         ax.set_xlabel("width h")
         ax.legend(fontsize=8)
     return fig
@@ -135,7 +187,6 @@ _DRAW: dict[str, Callable] = {
     "learning-curves": learning_curves_figure,
     "phase": phase_figure, "ensemble": ensemble_figure,
 }
-
 
 FORMATS = ("png", "pdf", "svg", "eps", "jpg")
 
@@ -162,15 +213,8 @@ def plot(directory: str | Path, kind: str, out: str | Path) -> Path:
         raise GflowError(f"kind = {kind!r}: must be one of {', '.join(KINDS)}")
     out = figure_path(out)
     fig = _DRAW[kind](directory)
-    fig.tight_layout()
     fig.savefig(out, dpi=120)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return out
-
-
-def _colormap():
-    import matplotlib
-
-    return matplotlib.colormaps["viridis"]

@@ -250,10 +250,13 @@ def _run_logger(out: Path) -> logging.Logger:
 def run_sweep(
     sweep: Sweep, out: str | Path, *, engine: str = "local", workers: int | None = None,
     scheduler: str | None = None, progress: bool | None = None,
+    on_result: Callable[[dict[str, str]], None] | None = None,
 ) -> list[dict[str, str]]:
     """Run every missing run of ``sweep`` into the directory ``out``, ``workers`` at a time
     (default: one per CPU core) on local processes or on Dask (a LocalCluster, or the
-    cluster at ``scheduler``). Returns one result per run (name, action, status, reason)."""
+    cluster at ``scheduler``). Returns one result per run (name, action, status, reason);
+    ``on_result`` sees each as it arrives (the CLI prints a line per run when no progress
+    bar is shown)."""
     if engine not in ENGINES:
         raise GflowError(f"engine = {engine!r}: must be one of {', '.join(ENGINES)}")
     if scheduler and engine != "dask":
@@ -275,6 +278,8 @@ def run_sweep(
     with tqdm(total=len(tasks), disable=None if progress is None else not progress, unit="run") as bar:
         for result in submit(run_one, [(*t, threads) for t in tasks]):
             results.append(result)
+            if on_result is not None:
+                on_result(result)
             counts[result["status"]] += 1
             running = min(workers, len(tasks) - len(results))
             bar.set_postfix_str(", ".join([*(f"{k} {v}" for k, v in sorted(counts.items())), f"running {running}"]),

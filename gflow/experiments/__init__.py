@@ -3,6 +3,7 @@ run the sweep, then draw every figure of ``gflow.plots`` into ``<out>/figures``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,11 +22,11 @@ def sweep_file(name: str) -> Path:
 
 
 def reproduce(name: str, out: str | Path | None = None, *, workers: int | None = None,
-              engine: str = "local") -> list[Path]:
+              engine: str = "local", on_result: Callable[[dict[str, str]], None] | None = None) -> list[Path]:
     """Run experiment ``name`` into ``out`` (default ./name; re-running finishes what is
-    missing) and write its figures; returns the figure paths."""
+    missing) and write its figures; returns the figure paths. ``on_result``: see run_sweep."""
     out = Path(out or name)
-    results = run_sweep(Sweep.load(sweep_file(name)), out, engine=engine, workers=workers)
+    results = run_sweep(Sweep.load(sweep_file(name)), out, engine=engine, workers=workers, on_result=on_result)
     print(summarize(results))
     figures = out / "figures"
     figures.mkdir(exist_ok=True)

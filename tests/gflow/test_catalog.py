@@ -70,3 +70,26 @@ def test_plot_errors_are_clean(tmp_path):
         plot(tmp_path / "missing", "phase", tmp_path / "x.png")
     with pytest.raises(GflowError, match="kind = 'pie'"):
         plot(tmp_path, "pie", tmp_path / "x.png")
+
+
+def test_a_figure_without_a_suffix_gets_png_and_says_so(runs, tmp_path, capsys):
+    assert main(["plot", str(runs), "--kind", "phase", "-o", str(tmp_path / "x")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'x.png'}" and (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name,message", [("missing/x.png", "directory .*missing does not exist"),
+                                          ("x.tiff", "unknown format '.tiff'")])
+def test_a_figure_path_that_cannot_be_written_is_one_line_exit_2(runs, tmp_path, capsys, name, message):
+    assert main(["plot", str(runs), "--kind", "phase", "-o", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and __import__("re").search(message, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ensemble_figure_with_one_seed_per_point_is_a_clear_error(runs, tmp_path):
+    one_seed = tmp_path / "one"
+    one_seed.mkdir()
+    for path in runs.glob("*-s0.h5"):
+        (one_seed / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(GflowError, match="at least two seeds per point"):
+        plot(one_seed, "ensemble", tmp_path / "e.png")
