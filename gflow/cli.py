@@ -228,7 +228,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import reproduce, sweep_file
-
     from .sweep import Sweep
 
     total = len(Sweep.load(sweep_file(args.name)).runs())

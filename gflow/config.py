@@ -106,6 +106,13 @@ class RunConfig:
     t_end: float = _f(1e4, "time to integrate to")
     saves: int = _f(100, "save times, log-spaced from save_t_min to t_end (t = 0 is saved too)")
     save_t_min: float = _f(1e-2, "first save time after t = 0")
+    interpolate: bool | None = _f(None, "serve save times from the method's dense output instead of cutting steps "
+                                  "to land on them (default: yes, but no for gradient-ratio and momentum, which "
+                                  "reproduce the paper's steps)")
+    state_saves: int | None = _f(None, "saves that store the full state, spread evenly over the schedule, the "
+                                 "first and last always (default: as many as fit in 64 MB)")
+    save_derivatives: bool = _f(False, "store dy/dt beside each stored state (cubic Hermite dense output "
+                                "between them; without, Trajectory.at replays)")
     stop_margin: float | None = _f(None, "stop once every training margin alpha y (f - f0) reaches this")
     max_wall: float | None = _f(None, "stop after this many seconds (resumable)")
     max_steps: int | None = _f(None, "stop after this many accepted steps (resumable)")
@@ -311,6 +318,11 @@ def _positive_or_inf(name: str, value: Any) -> None:
         raise ConfigError(name, value, "must be > 0 (inf disables the bound)")
 
 
+def _scale(name: str, value: Any) -> None:
+    if not 1e-150 <= value <= 1e150:
+        raise ConfigError(name, value, "must lie in [1e-150, 1e150]: the loss divides by alpha^2")
+
+
 def _classes(name: str, value: Any) -> None:
     if len(value) < 2 or len(set(value)) != len(value):
         raise ConfigError(name, list(value), "must list at least two distinct class labels")
@@ -348,7 +360,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "width": _count(1),
     "kappa": _positive,
     "seed": _count(0),
-    "alpha": _positive,
+    "alpha": _scale,
     "beta": _positive,
     "rtol": _positive,
     "atol": _at_least(0),
@@ -360,6 +372,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "t_end": _positive,
     "saves": _count(1),
     "save_t_min": _positive,
+    "state_saves": _count(2),
     "stop_margin": _positive,
     "max_wall": _positive,
     "max_steps": _count(1),

@@ -123,6 +123,14 @@ class GradientFlow:
             dydt = -grad
         return Evaluation(t=t, y=y, dydt=dydt, aux={"loss": loss, "grad": grad, "f": f})
 
+    def gradient_norm(self, y: torch.Tensor, dydt: torch.Tensor) -> float:
+        """||grad L|| read off a state's derivative (no evaluation): ||dw/dt|| for gradient
+        flow; for momentum flow, g = -(tau dv/dt + v)."""
+        if not self.momentum:
+            return float(dydt.norm())
+        n = self.n_params
+        return float((self.cfg.tau * dydt[n:] + y[n:]).norm())
+
     def vector_field(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """dy/dt at (t, y): what an external ODE solver integrates."""
         return self.evaluate(float(t), y).dydt

@@ -18,11 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from solvers import hermite, integrate
+from solvers import Observer, SaveRecord, hermite, integrate
 
 from .errors import GflowError
 from .flow import DataArg, GradientFlow, build
-from .geometry import Curvature, check_threshold, curvature, first_crossing, linearization_gap
+from .geometry import (
+    Curvature,
+    check_threshold,
+    curvature,
+    first_crossing,
+    linearization_gap,
+)
 from .kernels import ntk, relative_change
 from .losses import Loss
 from .methods import make_method
@@ -80,6 +86,16 @@ def _check_matches(file: TrajectoryFile, flow: GradientFlow, recorded: dict[str,
             raise GflowError(f"loss {where}: it gives L(w0) = {loss0:.10g} where the run stored {stored_loss:.10g}")
 
 
+class _Collect(Observer):
+    """Keeps the state at every save time of an integration."""
+
+    def __init__(self) -> None:
+        self.states: dict[float, torch.Tensor] = {}
+
+    def on_save(self, record: SaveRecord) -> None:
+        self.states[record.t] = record.y
+
+
 @dataclass(frozen=True)
 class Point:
     """A trajectory at time t: the ODE state and the raw outputs on train and test."""
@@ -110,39 +126,66 @@ class Trajectory(TrajectoryFile):
     def at(self, t: float, exact: bool = False) -> Point:
         """The state and outputs at any time t within the stored run.
 
-        Default: cubic Hermite interpolation between the stored states around t and their
-        derivatives (fourth order in the save spacing, no evaluation). ``exact=True``
-        replays the integration from the nearest stored state at or before t with the
-        run's own method and step size, landing exactly on t: deterministic, the same
-        steps as the uninterrupted run.
+        Between two saves that store their states and derivatives (``save_derivatives``):
+        cubic Hermite interpolation (fourth order in the save spacing, no evaluation), unless
+        ``exact``. Otherwise, or with ``exact=True``, the integration is replayed from the
+        nearest stored state at or before t with the run's own method and step size, up to t:
+        deterministic; bit for bit the run's own steps for the methods that land on save times
+        (gradient-ratio, momentum), the run to its tolerance for interpolating ones (whose
+        stored states are interpolated, not step ends).
         """
         times = self.save_times
         if not times[0] <= t <= times[-1]:
             raise ValueError(f"t = {t:g} lies outside the stored run [{times[0]:g}, {times[-1]:g}]")
         i = int(np.searchsorted(times, t, side="right")) - 1
-        if times[i] == t:
+        stored = set(self.stored_states.tolist())
+        if times[i] == t and i in stored:
             state = self.state(i)
-        elif exact:
-            state = self._replay(i, t)
-        else:
+        elif not exact and i in stored and i + 1 in stored and self.has("saves/dstate"):
             state = hermite(t, float(times[i]), self.state(i), self.derivative(i),
                             float(times[i + 1]), self.state(i + 1), self.derivative(i + 1))
+        else:
+            state = self._replay([t])[0]
         flow = self.flow
         w = flow.weights(state.to(flow.w0))
         return Point(t, state, flow.outputs(w, flow.x_train).cpu().numpy(), flow.outputs(w, flow.x_test).cpu().numpy())
 
-    def _replay(self, i: int, t: float) -> torch.Tensor:
-        dt = float(self.read("saves/dt")[i])
+    def _replay(self, times: list[float]) -> list[torch.Tensor]:
+        """The states at ``times`` (increasing, within the run), each replayed from the latest
+        stored state at or before it: one integration per stored state that starts any, to
+        the last time it serves."""
+        saved, stored = self.save_times, self.stored_states
+        steps = self.read("saves/dt")
         flow = self.flow
-        start = self.state(i).to(flow.w0)
-        sol = integrate(flow, start, (float(self.save_times[i]), t), make_method(self.config, flow), save_at=[t],
-                        dt=None if np.isnan(dt) else dt)
-        return sol.y
+        out: dict[float, torch.Tensor] = {}
+        starts = stored[np.searchsorted(saved[stored], times, side="right") - 1]
+        for k in np.unique(starts):
+            targets = [t for t, s in zip(times, starts) if s == k]
+            t0 = float(saved[k])
+            start = self.state(int(k)).to(flow.w0)
+            out.update({t: start for t in targets if t == t0})
+            later = [t for t in targets if t > t0]
+            if later:
+                collect = _Collect()
+                dt = float(steps[k])
+                integrate(flow, start, (t0, later[-1]), make_method(self.config, flow), save_at=later,
+                          observers=[collect], dt=None if np.isnan(dt) else dt)
+                out.update(collect.states)
+        return [out[t] for t in times]
 
     def weights(self, i: int) -> torch.Tensor:
-        """The network parameters w at the i-th save (the first half of a momentum state)."""
-        flow = self.flow
-        return flow.weights(self.state(i).to(flow.w0))
+        """The network parameters w at the i-th save (the first half of a momentum state):
+        stored, or replayed from the latest stored state before it."""
+        return self.weights_at([i])[0]
+
+    def weights_at(self, indices: list[int]) -> list[torch.Tensor]:
+        """w at several saves, replaying once per stored state for those that store none."""
+        flow, n = self.flow, len(self)
+        indices = [i % n for i in indices]
+        stored = set(self.stored_states.tolist())
+        missing = sorted({i for i in indices if i not in stored})
+        replayed = dict(zip(missing, self._replay([float(self.save_times[i]) for i in missing]))) if missing else {}
+        return [flow.weights((self.state(i) if i in stored else replayed[i]).to(flow.w0)) for i in indices]
 
     def kernel(self, i: int, n: int = 100) -> torch.Tensor:
         """Theta(w(t_i)) on the first n train points, computed from the stored state (for k
@@ -156,24 +199,29 @@ class Trajectory(TrajectoryFile):
         the run when there are any, else computed now at every save on the first n train points."""
         if self.has("kernel"):
             return self.stored_kernel_change()
-        theta0 = self.kernel(0, n)
-        return self.save_times, np.array([relative_change(self.kernel(i, n), theta0) for i in range(len(self))])
+        flow, cfg = self.flow, self.config
+        kernels = [ntk(flow.model, w, flow.x_train[:n], max_memory=cfg.kernel_memory_mb * 2**20,
+                       outputs=cfg.kernel_outputs) for w in self.weights_at(list(range(len(self))))]
+        return self.save_times, np.array([relative_change(theta, kernels[0]) for theta in kernels])
 
     def linearization_gap(self) -> tuple[np.ndarray, np.ndarray]:
         """(times, ||f(w(t)) - f0 - J0 (w(t) - w0)|| / ||f(w(t)) - f0||) on the train set
-        (Frobenius norms over samples and outputs)."""
+        (Frobenius norms over samples and outputs), at every save."""
         flow = self.flow
-        gaps = [linearization_gap(flow.model, flow.w0, self.weights(i), flow.x_train) for i in range(len(self))]
-        return self.save_times, np.array(gaps)
+        weights = self.weights_at(list(range(len(self))))
+        return self.save_times, np.array([linearization_gap(flow.model, flow.w0, w, flow.x_train) for w in weights])
 
     def curvature(self, i: int = 0) -> Curvature:
         """Curvature of the network manifold along the direction of motion u = dw/dt at the
         i-th save, on the train set: radius R = ||J u||^2 / ||u^T d2f u||, exit time R / ||J u||."""
-        flow = self.flow
-        u = flow.weights(self.derivative(i).to(flow.w0))
+        flow, n = self.flow, len(self)
+        i %= n
+        stored = i in set(self.stored_states.tolist())
+        state = self.state(i).to(flow.w0) if stored else self._replay([float(self.save_times[i])])[0].to(flow.w0)
+        u = flow.weights(flow.vector_field(float(self.save_times[i]), state))
         if float(u.norm()) == 0.0 and flow.momentum:  # momentum starts at rest: use the force
-            u = -flow.loss_and_grad(self.weights(i))[1]
-        return curvature(flow.model, self.weights(i), u, flow.x_train)
+            u = -flow.loss_and_grad(flow.weights(state))[1]
+        return curvature(flow.model, flow.weights(state), u, flow.x_train)
 
     def t1(self, method: str = "linearization", eps: float = 0.1) -> float:
         """The time training leaves the tangent space; inf when the run ends first (lazy).

@@ -17,16 +17,20 @@ class Adaptive:
 
     Every evaluation is used once: an accepted tentative evaluation is the next step's
     starting evaluation, so an accepted step costs one evaluation and a rejected one
-    costs one more. Steps are shortened to land exactly on ``t_stop`` (a save time)
-    without changing the controller's dt, as in the original implementation. A step
-    size below ``dt_min`` (relative to max(1, |t|)) fails the integration instead of
-    crawling forever.
+    costs one more. Steps are shortened to land exactly on ``t_stop`` without changing the
+    controller's dt, as in the original implementation. With ``interpolates``, save times
+    are served from each step's dense output instead (the stepper's own ``interpolant``
+    where it has one, cubic Hermite otherwise), so only t_end shortens a step. A step size
+    below ``dt_min`` (relative to max(1, |t|)) fails the integration instead of crawling
+    forever.
     """
 
     stepper: Stepper
     controller: Controller
     dt0: float = 1.0
     dt_min: float = 1e-13
+    interpolates: bool = False
+    max_blowups: int = 4
 
     def __post_init__(self) -> None:
         if not self.dt0 > 0:
@@ -37,7 +41,7 @@ class Adaptive:
     ) -> Segment:
         dt = self.dt0 if dt is None else dt
         while ev.t < t_stop:
-            rejected = 0
+            rejected = blowups = 0
             while True:
                 remaining = t_stop - ev.t
                 # Land on t_stop when the step would stop a rounding error short of it.
@@ -48,15 +52,23 @@ class Adaptive:
                 t_new = t_stop if h == remaining else ev.t + h
                 new = problem.evaluate(t_new, self.stepper.step(ev, h, problem))
                 failure = non_finite(new)
-                if failure:
-                    return Segment(ev, dt, Stop("failed", f"{failure.reason} (tentative step dt = {h:.3g})"))
+                if failure:  # too long a step can overflow: retried shorter, a few times
+                    blowups += 1
+                    if blowups > self.max_blowups:
+                        return Segment(ev, dt, Stop("failed", f"{failure.reason} (tentative step dt = {h:.3g}, "
+                                                              f"after {self.max_blowups} tenfold shorter tries)"))
+                    dt = h / 10
+                    rejected += 1
+                    continue
                 decision = self.controller.adapt(ev, new, h, dt)
                 dt = decision.dt_next
                 if decision.accept:
                     break
                 rejected += 1
+            dense = getattr(self.stepper, "interpolant", None) if self.interpolates else None
+            interpolant = dense(ev, new, h) if dense else None
             ev = new
-            stop = on_step(ev, h, rejected, decision.ratios)
+            stop = on_step(ev, h, rejected, decision.ratios, interpolant, dt)
             if stop:
                 return Segment(ev, dt, stop)
         return Segment(ev, dt, None)

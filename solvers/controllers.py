@@ -198,25 +198,41 @@ class LocalError:
 
     ``estimate(before, after, h)`` gives the error vector: by default
     :func:`hermite_error`, for any second-order step; an embedded pair passes its own
-    (``ExponentialRosenbrock.error_estimate``). The step is accepted when the RMS of
-    est / (atol + rtol max(|y|, |y'|)) is at most 1; the next dt is h * 0.8 err^{-1/3}
-    (local error ~ h^3), kept within [h / 10, h * max_factor] and not grown after a
-    rejection.
+    (``ExponentialRosenbrock.error_estimate``). The error is measured in one of two scales:
+
+    * component-wise (no ``origin``; Hairer, Norsett, Wanner, II.4):
+      err = RMS_i( est_i / (atol + rtol max(|y_i|, |y'_i|)) );
+    * displacement (``origin`` y0 given): err = RMS(est) / (atol + rtol D), with
+      D = max(RMS(y - y0), RMS(y' - y0)) the distance travelled from the origin. The error
+      is then relative to how far the state has moved, not to its size: in the lazy regime
+      of a network (large alpha) the weights move by ~1/alpha of their size, and an error
+      relative to |w| would control that motion ever more loosely as alpha grows, while
+      the learned function alpha (f - f0) is linear in the motion w - w0.
+
+    The step is accepted when err <= 1; the next dt is h * 0.8 err^{-1/3} (local error ~
+    h^3), kept within [h / 10, h * max_factor] and not grown after a rejection.
     """
 
     rtol: float = 1e-4
     atol: float = 1e-7
     max_factor: float = 5.0
     estimate: Callable[[Evaluation, Evaluation, float], torch.Tensor] = hermite_error
+    origin: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.rtol > 0 or not self.atol >= 0:
             raise ValueError(f"rtol = {self.rtol!r}, atol = {self.atol!r}: need rtol > 0 and atol >= 0")
 
+    def error(self, est: torch.Tensor, before: Evaluation, after: Evaluation) -> float:
+        """The normalised error of an estimate ``est`` over a step (see the class docstring)."""
+        if self.origin is None:
+            scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
+            return float((est / scale).pow(2).mean().sqrt())
+        moved = max(float((y - self.origin).pow(2).mean().sqrt()) for y in (before.y, after.y))
+        return float(est.pow(2).mean().sqrt()) / (self.atol + self.rtol * moved)
+
     def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:
-        est = self.estimate(before, after, h)
-        scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
-        err = float((est / scale).pow(2).mean().sqrt())
+        err = self.error(self.estimate(before, after, h), before, after)
         if math.isnan(err):
             err = math.inf
         factor = 0.8 * err ** (-1 / 3) if err > 0 else self.max_factor

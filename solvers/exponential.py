@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .dense import Interpolant
 from .krylov import JacobianKrylov, phi_vectors
 from .problem import CountingProblem, Evaluation
 
@@ -53,6 +54,7 @@ class ExponentialRosenbrock:
         self.krylov = 0  # m of the last step
         self._space: JacobianKrylov | None = None
         self._error: tuple[Evaluation, float, torch.Tensor] | None = None
+        self._dense: tuple[Evaluation, float, JacobianKrylov, np.ndarray, torch.Tensor] | None = None
 
     def _coefficients(self, space: JacobianKrylov, h: float) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates of h phi_1(h J) F in V_m, m grown until converged; and their last change."""
@@ -78,6 +80,7 @@ class ExponentialRosenbrock:
         self.krylov = space.dim
         if not len(coef):  # F(y_n) = 0: at rest
             self._error = (ev, dt, torch.zeros_like(ev.y))
+            self._dense = (ev, dt, None, None, None)
             return ev.y.clone()
         du = space.combine(coef)
         u = ev.y + du
@@ -85,7 +88,42 @@ class ExponentialRosenbrock:
         inside, outside = space.project(remainder)
         correction = 2 * dt * (space.combine(phi_vectors(dt * space.square(space.dim), inside, 3)[:, 2]) + outside / 6)
         self._error = (ev, dt, correction + space.combine(change))
+        self._dense = (ev, dt, space, inside, outside)
         return u + correction
+
+    def interpolant(self, before: Evaluation, after: Evaluation, h: float) -> Interpolant:
+        """The continuous output of the step just taken from ``before`` to ``after``: with the
+        nonlinear remainder taken quadratic in time along the step, r(s) = (s / h)^2 D,
+        variation of constants gives, for 0 < s <= h,
+
+            y(t_n + s)  = y_n + s phi_1(s J) F_n + 2 (s^3 / h^2) phi_3(s J) D,
+            y'(t_n + s) = e^{s J} F_n + 2 (s^2 / h^2) phi_2(s J) D,
+
+        which at s = h is the step itself (exprb32's y_{n+1}), third order like it. Evaluated
+        in the step's own Krylov space (a small matrix exponential per time asked, no
+        evaluation of the problem)."""
+        ev, dt, space, inside, outside = self._dense or (None, None, None, None, None)
+        if ev is not before or dt != h:
+            raise RuntimeError("interpolant asks about a step this stepper did not just take")
+        if space is None:  # at rest
+            return lambda t: (ev.y, ev.dydt)
+        square = space.square(space.dim)
+        e1 = np.zeros(space.dim)
+        e1[0] = space.norm_b
+
+        def at(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+            s = t - ev.t
+            if s <= 0:
+                return ev.y, ev.dydt
+            phi_f = phi_vectors(s * square, e1, 1)[:, 0]  # phi_1(sH) ||F|| e1
+            phi_d = phi_vectors(s * square, inside, 3)  # phi_1..phi_3(sH) c
+            exp_f = e1 + s * (square @ phi_f)  # e^{sH} = I + sH phi_1(sH)
+            theta = s / dt
+            y = ev.y + space.combine(s * phi_f) + (2 * s * theta**2) * (space.combine(phi_d[:, 2]) + outside / 6)
+            dy = space.combine(exp_f) + (2 * theta**2) * (space.combine(phi_d[:, 1]) + outside / 2)
+            return y, dy
+
+        return at
 
     def error_estimate(self, before: Evaluation, after: Evaluation, h: float) -> torch.Tensor:
         """The local error estimate of the step just taken from ``before`` with size h:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .dense import Interpolant, hermite_step
 from .events import Event, Progress, Stop, non_finite
 from .method import Method
 from .observers import Observer, SaveRecord, StepRecord
@@ -66,12 +67,14 @@ def integrate(
 ) -> Solution:
     """Integrate ``problem`` from ``y0`` at t0 to t_end with ``method``.
 
-    Save times are hit exactly (a step is shortened to land on each) and reported to every
-    observer's ``on_save``, and the final state is saved too when it is not a save time.
-    Every accepted step goes to ``on_step``. After each accepted step the evaluation is
-    checked for NaN/inf (status ``failed``) and then each event; the first to fire ends the
-    integration. ``dt`` overrides the method's first step; ``counters`` continue the counts
-    of an earlier integration that is being resumed.
+    Save times are reported to every observer's ``on_save``: from the step's interpolant
+    when the method ``interpolates`` (its steps are never shortened by a save), otherwise
+    hit exactly (a step is shortened to land on each). The final state is saved too when it
+    is not a save time. Every accepted step goes to ``on_step``. After each accepted step
+    the evaluation is checked for NaN/inf (status ``failed``), its saves are reported, and
+    then each event is checked; the first to fire ends the integration. ``dt`` overrides
+    the method's first step; ``counters`` continue the counts of an earlier integration
+    that is being resumed.
     """
     t0, t_end = float(t_span[0]), float(t_span[1])
     if not t_end > t0:
@@ -81,42 +84,55 @@ def integrate(
     counting = CountingProblem(problem, counters.evals)
     start = time.perf_counter() - counters.wall
     steps, n_saved = counters.steps, counters.saves
+    interpolating = bool(getattr(method, "interpolates", False))
 
     def wall() -> float:
         return time.perf_counter() - start
 
-    def save(ev: Evaluation) -> None:
-        nonlocal n_saved
-        record = SaveRecord(ev, n_saved, steps, counting.count, wall(), dt)
+    def save(t: float, y: torch.Tensor, dydt: torch.Tensor, ev: Evaluation | None, last: Evaluation,
+             dt_next: float | None, closes: bool = True) -> None:
+        nonlocal n_saved, saved_at
+        record = SaveRecord(t, y, dydt, ev, last, n_saved, steps, counting.count, wall(), dt_next, closes)
         for obs in observers:
             obs.on_save(record)
         n_saved += 1
+        saved_at = t
 
-    def on_step(ev: Evaluation, h: float, rejected: int, ratios: dict[str, float]) -> Stop | None:
-        nonlocal steps
+    def on_step(ev: Evaluation, h: float, rejected: int, ratios: dict[str, float],
+                interpolant: Interpolant | None = None, dt_next: float | None = None) -> Stop | None:
+        nonlocal steps, previous
         steps += 1
         record = StepRecord(ev, h, steps, rejected, counting.count, wall(), ratios)
         for obs in observers:
             obs.on_step(record)
         stop = non_finite(ev)
+        if interpolating and stop is None:
+            due = [t for t in pending if t <= ev.t]
+            del pending[: len(due)]
+            step = interpolant or hermite_step(previous, ev)
+            for k, t in enumerate(due):
+                y, dydt = (ev.y, ev.dydt) if t == ev.t else step(t)
+                save(t, y, dydt, ev if t == ev.t else None, ev, dt_next, closes=k == len(due) - 1)
+        previous = ev
         progress = Progress(ev.t, steps, counting.count, record.wall, h)
         for event in events:
             stop = stop or event(ev, progress)
         return stop
 
-    ev = counting.evaluate(t0, y0)
+    saved_at: float | None = None
+    ev = previous = counting.evaluate(t0, y0)
     stop = non_finite(ev)
     pending = [t for t in saves if t > t0]
     if saves and saves[0] == t0 or stop:
-        save(ev)
+        save(ev.t, ev.y, ev.dydt, ev, ev, dt)
     while stop is None:
-        target = pending[0] if pending else t_end
+        target = t_end if interpolating or not pending else pending[0]
         ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
-        hit = bool(pending) and ev.t == pending[0]
+        hit = not interpolating and bool(pending) and ev.t == pending[0]
         if hit:
             pending.pop(0)
         if stop is None and ev.t >= t_end:
             stop = Stop("finished", "reached t_end")
-        if hit or stop is not None:
-            save(ev)
+        if hit or (stop is not None and saved_at != ev.t):
+            save(ev.t, ev.y, ev.dydt, ev, ev, dt)
     return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved))

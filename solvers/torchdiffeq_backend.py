@@ -24,6 +24,12 @@ from dataclasses import dataclass
 import torch
 import torchdiffeq
 
+# torchdiffeq's solver classes and input checks, to drive its adaptive solvers step by step
+# with their dense output (``odeint`` hides both); pinned to torchdiffeq 0.2.x in pyproject.
+from torchdiffeq._impl.misc import _check_inputs
+from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
+
+from .dense import Interpolant
 from .events import Stop
 from .method import OnStep, Segment
 from .problem import CountingProblem, Evaluation
@@ -56,6 +62,7 @@ class _Field(torch.nn.Module):
         self.t_accepted = start.t
         self.rejected = 0
         self.last_dt: float | None = None
+        self.callbacks = True  # off when the caller watches the solver's state itself
 
     def lookup(self, y: torch.Tensor) -> Evaluation | None:
         return next((ev for ev in reversed(self.cache) if ev.y is y), None)
@@ -77,23 +84,26 @@ class _Field(torch.nn.Module):
             ev = Evaluation(t, ev.y, ev.dydt, ev.aux)
         h, self.t_accepted = t - self.t_accepted, t
         rejected, self.rejected = self.rejected, 0
-        stop = self.on_step(ev, h, rejected, {})
+        stop = self.on_step(ev, h, rejected, {}, None, self.last_dt)
         if stop:
             raise _Abort(stop, ev)
 
     def callback_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.last_dt = float(dt)
-        if float(t0) > self.t_accepted:
+        if self.callbacks and float(t0) > self.t_accepted:
             self.accepted(float(t0), y0)
 
     def callback_reject_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
-        self.rejected += 1
+        if self.callbacks:
+            self.rejected += 1
 
 
 @dataclass(frozen=True)
 class TorchDiffEq:
     """A torchdiffeq method: adaptive (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) with
     ``rtol``/``atol``; or fixed-grid (euler, midpoint, rk4, implicit_adams) with ``step_size``.
+    With ``interpolates``, one ``odeint`` runs to t_end and save times are served by cubic
+    Hermite interpolation between accepted states (see :mod:`solvers.dense`).
 
     torchdiffeq's ``explicit_adams`` is left out: in torchdiffeq 0.2.5 it diverges on
     dy/dt = -2y with step 0.01 (error 1e25 at t = 2), its implicit twin is fine."""
@@ -102,6 +112,7 @@ class TorchDiffEq:
     rtol: float = 1e-7
     atol: float = 1e-9
     step_size: float | None = None
+    interpolates: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -123,6 +134,8 @@ class TorchDiffEq:
         self, problem: CountingProblem, ev: Evaluation, t_stop: float, dt: float | None, on_step: OnStep
     ) -> Segment:
         field = _Field(problem, ev, on_step)
+        if self.interpolates and self.name in ADAPTIVE:
+            return self._advance_dense(field, ev, t_stop, dt)
         times = torch.tensor([ev.t, t_stop], dtype=torch.float64, device=ev.y.device)
         try:
             with warnings.catch_warnings():
@@ -144,3 +157,54 @@ class TorchDiffEq:
             return Segment(field.cache[-1], dt, Stop("failed", f"{self.name}: {str(e).rstrip('.')} after "
                                                      f"t = {field.t_accepted:.6g}: take a smaller step (--dt)"))
         return Segment(field.cache[-1] if same is None else same, field.last_dt or dt, None)
+
+    def _advance_dense(self, field: _Field, ev: Evaluation, t_stop: float, dt: float | None) -> Segment:
+        """Drive torchdiffeq's adaptive Runge-Kutta solver step by step (as its own ``odeint``
+        loop does) to t_stop, handing each accepted step to the entry point with the
+        method's own dense output: the polynomial torchdiffeq fits to the step's stages
+        (fourth order for dopri5, seventh for dopri8), not a cubic through its ends."""
+        times = torch.tensor([ev.t, t_stop], dtype=torch.float64, device=ev.y.device)
+        options = self._odeint_args(times[1], dt)["options"]
+        field.callbacks = False  # acceptance is seen here, from the solver's state
+        _, func, y0, t, rtol, atol, method, options, _, _ = _check_inputs(
+            field, ev.y, times, self.rtol, self.atol, self.name, options, None, _SOLVERS)
+        solver = _SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **options)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The following arguments have no effect")
+                solver._before_integrate(t)
+                state = solver.rk_state
+                while float(state.t1) < t_stop:
+                    new = solver._adaptive_step(state)
+                    if float(new.t1) == float(state.t1):  # rejected
+                        field.rejected += 1
+                        state = new
+                        continue
+                    state = new
+                    t1 = t_stop if float(state.t1) >= t_stop else float(state.t1)
+                    step_ev = field.evaluation(t1, state.y1)
+                    if step_ev.t != t1:
+                        step_ev = Evaluation(t1, step_ev.y, step_ev.dydt, step_ev.aux)
+                    rejected, field.rejected = field.rejected, 0
+                    stop = field.on_step(step_ev, t1 - float(state.t0), rejected, {}, _polynomial(state),
+                                         float(state.dt))
+                    field.cache = [step_ev]
+                    if stop:
+                        return Segment(step_ev, float(state.dt), stop)
+        except AssertionError as e:  # torchdiffeq's own checks: underflow in dt, non-finite state
+            return Segment(field.cache[-1], dt, Stop("failed", f"{self.name}: {e}"))
+        return Segment(field.cache[-1], float(state.dt), None)
+
+
+def _polynomial(state: object) -> Interpolant:
+    """torchdiffeq's dense output of the step held by a Runge-Kutta state: the polynomial
+    sum_i c_i x^i in x = (t - t0) / (t1 - t0), and its derivative in t."""
+    coefficients, t0, t1 = state.interp_coeff, float(state.t0), float(state.t1)
+
+    def at(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (t - t0) / (t1 - t0)
+        y = sum(c * x**i for i, c in enumerate(coefficients))
+        dy = sum(c * (i * x ** (i - 1)) for i, c in enumerate(coefficients) if i) / (t1 - t0)
+        return y, dy
+
+    return at

@@ -30,7 +30,9 @@ REASON_BYTES = 512
 
 STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected", "evals", "wall")
 ADDED_IN_3 = ("steps/error_ratio",)
-SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm")
+SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm",
+                "forwards", "interpolated", "has_state")
+ADDED_IN_4 = ("saves/forwards", "saves/interpolated", "saves/has_state")
 REQUIRED = (
     "run/status", "run/stop_reason", "run/next_dt", "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
     *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),
@@ -43,8 +45,10 @@ SOURCES = ("model", "data", "loss")
 CHECKPOINT_COLUMNS = ("t", "dt", "step", "evals", "wall", "saves", "row")
 
 
-def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype: Any = "f8") -> None:
-    """An extendable dataset of rows of shape ``row`` (() for scalars), empty."""
+def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype: Any = "f8",
+                 fill: float | None = None) -> None:
+    """An extendable dataset of rows of shape ``row`` (() for scalars), empty; rows never
+    written read as ``fill``."""
     # HDF5 chunks must be non-empty and fit fixed dimensions; a row with a zero-size
     # dimension (no test split) gets unlimited trailing dimensions and unit chunks.
     empty = any(n == 0 for n in row)
@@ -52,7 +56,7 @@ def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype:
     chunks = (1024,) if not row else (1, *(max(n, 1) for n in row))
     # No compression: float64 parameters and outputs compress by a few percent at best,
     # and gzip on a 26,500-parameter state costs ~6 ms per row (measured), 5% of a run.
-    group.create_dataset(name, shape=(0, *row), maxshape=maxshape, dtype=dtype, chunks=chunks)
+    group.create_dataset(name, shape=(0, *row), maxshape=maxshape, dtype=dtype, chunks=chunks, fillvalue=fill)
 
 
 def append(ds: h5py.Dataset, rows: np.ndarray) -> None:
@@ -91,6 +95,14 @@ def read_checkpoint(f: h5py.File) -> dict[str, Any] | None:
         return None
     values["state"] = f["saves/state"][row] if row >= 0 else f["checkpoint/state"][slot]
     return values
+
+
+def extend(ds: h5py.Dataset, rows: int) -> None:
+    """Grow ``ds`` by ``rows`` rows without writing them: no chunk is allocated, and they
+    read as the dataset's fill value."""
+    dsid = ds.id
+    shape = dsid.shape
+    dsid.set_extent((shape[0] + rows, *shape[1:]))
 
 
 def committed(f: h5py.File, name: str) -> int:
@@ -213,7 +225,7 @@ def check(path: Path) -> None:
                 f"{', '.join(map(str, READ_VERSIONS))}" + (" (upgrade gflow)" if version > FORMAT_VERSION else "")
             )
         for name in REQUIRED:
-            if version < 3 and name in ADDED_IN_3:
+            if version < 3 and name in ADDED_IN_3 or version < 4 and name in ADDED_IN_4:
                 continue
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
@@ -252,9 +264,10 @@ def create_checkpoint(f: h5py.File, state: np.ndarray) -> None:
 
 def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray) -> None:
     """Bring a version-2 or -3 file opened for resuming to version 4: a version-2 file's
-    earlier steps get NaN error ratios (they were not recorded); the model, data and loss
-    descriptions of the run's rebuilt problem and an empty checkpoint for states like
-    ``state`` are added. Runs before SWMR mode, which forbids new datasets and attributes."""
+    earlier steps get NaN error ratios (they were not recorded); the saves get the columns
+    of version 4 (no forward passes, none interpolated, a state at each), and the model, data
+    and loss descriptions of the run's rebuilt problem and an empty checkpoint for states
+    like ``state`` are added. Runs before SWMR mode, which forbids new datasets and attributes."""
     version = version_of(f)
     if version >= FORMAT_VERSION:
         return
@@ -264,6 +277,10 @@ def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray)
             group, column = name.split("/")
             create_table(f[group], column)
             append(f[name], np.full(n, np.nan))
+    n = committed(f, "saves/t")
+    for name, value in zip(ADDED_IN_4, (0.0, 0.0, 1.0)):  # no forwards, no interpolation, a state at every save
+        create_table(f["saves"], name.split("/")[1])
+        append(f[name], np.full(n, value))
     for name in SOURCES:
         f.attrs[name] = json.dumps(sources[name])
     create_checkpoint(f, state)

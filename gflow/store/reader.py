@@ -126,13 +126,35 @@ class TrajectoryFile:
             raise ValueError(f"split = {split!r}: must be train or test")
         return self._row(f"saves/f_{split}", i)
 
+    @property
+    def stored_states(self) -> np.ndarray:
+        """Indices of the saves that store the full state (all of them in a file older than
+        version 4; a subset, the first and last always, in a newer one: ``state_saves``)."""
+        with self._file() as f:
+            n = f["saves/t"].shape[0]
+            if "has_state" in f["saves"]:
+                return np.flatnonzero(f["saves/has_state"][:n] > 0)
+            return np.arange(n) if "state" in f["saves"] else np.zeros(0, dtype=int)
+
+    def _stored(self, name: str, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"save index {i} out of range for {n} saves")
+        if i % n not in set(self.stored_states.tolist()):
+            raise FileFormatError(f"{self.path}: save {i % n} (t = {self.save_times[i]:g}) stores no state; states are "
+                                  f"kept at {len(self.stored_states)} of {n} saves (config state_saves): "
+                                  "gflow.open(path).at(t, exact=True) replays to it")
+        return self._row(name, i)
+
     def state(self, i: int) -> torch.Tensor:
-        """The flat ODE state at the i-th save (w, or (w, v) for momentum)."""
-        return torch.from_numpy(self._row("saves/state", i))
+        """The flat ODE state at the i-th save (w, or (w, v) for momentum), where stored."""
+        return torch.from_numpy(self._stored("saves/state", i))
 
     def derivative(self, i: int) -> torch.Tensor:
-        """dy/dt at the i-th save."""
-        return torch.from_numpy(self._row("saves/dstate", i))
+        """dy/dt at the i-th save, where stored (``save_derivatives``)."""
+        if not self.has("saves/dstate"):
+            raise FileFormatError(f"{self.path}: no derivatives stored (run with save_derivatives = true)")
+        return torch.from_numpy(self._stored("saves/dstate", i))
 
     def _table(self, group: str, columns: Sequence[str]) -> pd.DataFrame:
         import pandas as pd

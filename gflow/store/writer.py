@@ -39,6 +39,7 @@ from .format import (
     append,
     create_checkpoint,
     create_table,
+    extend,
     open_file,
     read_checkpoint,
     repair_truncated,
@@ -101,13 +102,17 @@ class TrajectoryWriter(Observer):
     when the caller holds it already (resume takes it before looking at the file).
     """
 
-    def __init__(self, path: str | Path, flow: GradientFlow, scheduled: Sequence[float] = (), keep_state: bool = True,
-                 resume: bool = False, overwrite: bool = False, lock: RunLock | None = None) -> None:
+    def __init__(self, path: str | Path, flow: GradientFlow, scheduled: Sequence[float] = (), resume: bool = False,
+                 overwrite: bool = False, lock: RunLock | None = None) -> None:
         self.flow = flow
         self.path = Path(path)
         self._scheduled = set(scheduled)
+        self._with_state = state_indices(flow, len(scheduled))
+        self._forwards = 0  # forward passes over the training set for interpolated saves
         self._pending: SaveRecord | None = None  # the state a run stopped at, between save times
         self._rows: list[tuple[float, ...]] = []
+        self._last_row_state = False  # whether the last save row written holds its state
+        self._last_row: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
@@ -135,7 +140,7 @@ class TrajectoryWriter(Observer):
                 except OSError as e:
                     raise GflowError(f"cannot create {self.path}: {_first_line(e)}") from None
                 try:
-                    self._create(flow, keep_state)
+                    self._create(flow)
                 except (OSError, RuntimeError) as e:
                     why = _out_of_space(e)
                     if not why:
@@ -146,15 +151,16 @@ class TrajectoryWriter(Observer):
         except BaseException:
             self._lock.release()
             raise
-        self.keep_state = "state" in self.file["saves"]
         self._broken = False
+        if resume and len(self.file["saves/t"]):
+            self._forwards = int(self.file["saves/forwards"][-1]) if "forwards" in self.file["saves"] else 0
         self._set_status("running", "")
         self.file.swmr_mode = True
         # Handles looked up once: h5py's name lookup costs more than a small append.
         self._steps = {c: self.file["steps"][c] for c in STEP_COLUMNS}
         self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
 
-    def _create(self, flow: GradientFlow, keep_state: bool) -> None:
+    def _create(self, flow: GradientFlow) -> None:
         f = self.file
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": flow.cfg.to_json(),
@@ -189,9 +195,11 @@ class TrajectoryWriter(Observer):
         create_table(saves, "f_test", tuple(flow.f0_test.shape), dtype)
         create_table(saves, "weight_change", (len(flow.model.layers),))
         saves.attrs["layers"] = json.dumps(list(flow.model.layers))
-        if keep_state:
-            create_table(saves, "state", (len(flow.y0),), dtype)
-            create_table(saves, "dstate", (len(flow.y0),), dtype)
+        # States and derivatives only at some saves: the other rows are never written, so
+        # HDF5 allocates no chunk for them and reads them as the NaN fill value.
+        create_table(saves, "state", (len(flow.y0),), dtype, fill=np.nan)
+        if flow.cfg.save_derivatives:
+            create_table(saves, "dstate", (len(flow.y0),), dtype, fill=np.nan)
         create_checkpoint(f, flow.y0.cpu().numpy())
         if flow.cfg.kernel_n > 0:
             self._theta0 = self._kernel(flow.w0)
@@ -243,18 +251,19 @@ class TrajectoryWriter(Observer):
         ends between save times waits for ``finish``: a run that merely stopped (budget,
         signal) keeps it in the checkpoint only, so that resuming it gives the saves of the
         uninterrupted run; a finished or failed run saves it as a row."""
-        if self._scheduled and record.ev.t not in self._scheduled:
+        if self._scheduled and record.t not in self._scheduled:
             self._pending = record
             return
-        self._need(self._save_bytes(record), "for its next save", self._resumable())
+        self._need(self._save_bytes(), "for its next save", self._resumable())
         with self._writing():
-            self._write_save(record)
-            self._write_checkpoint(record)
+            self._write_save(record, record.index in self._with_state)
+            if record.closes_step:
+                self._write_checkpoint(record)
 
-    def _save_bytes(self, record: SaveRecord) -> int:
-        """Bytes one save appends (rows, buffered steps, a kernel snapshot, a checkpoint)."""
+    def _save_bytes(self) -> int:
+        """Bytes one save appends at most (rows, buffered steps, a kernel snapshot, a state, a checkpoint)."""
         flow, item = self.flow, self.flow.w0.element_size()
-        n = item * (flow.f0_train.numel() + flow.f0_test.numel() + 2 * len(flow.y0) * (1 + self.keep_state))
+        n = item * (flow.f0_train.numel() + flow.f0_test.numel() + len(flow.y0) * (3 + flow.cfg.save_derivatives))
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
         return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
@@ -287,49 +296,64 @@ class TrajectoryWriter(Observer):
                            unclean=True) from None
 
     def _write_checkpoint(self, record: SaveRecord, dt: float | None = None) -> None:
-        """Record the state of ``record`` as the checkpoint, crash-safely: into the slot not
-        in use, flushed, then named current. A state stored in the last save row is
-        referenced, not copied."""
-        ckpt = self.file["checkpoint"]
+        """Record the end of the latest accepted step (``record.last``) as the checkpoint,
+        crash-safely: into the slot not in use, flushed, then named current. A state stored
+        in the last save row (a step that landed on it) is referenced, not copied."""
+        ckpt, last = self.file["checkpoint"], record.last
         current = int(ckpt["current"][()])
         slot = 0 if current < 0 else 1 - current
         n = self._saves["t"].shape[0]
-        in_row = self.keep_state and n > 0 and self._saves["t"][n - 1] == record.ev.t
+        in_row = n > 0 and self._last_row_state and self._saves["t"][n - 1] == last.t
         if not in_row:
-            ckpt["state"][slot] = record.ev.y.detach().cpu().numpy()
+            ckpt["state"][slot] = last.y.detach().cpu().numpy()
         dt = record.dt if dt is None else dt
-        values = {"t": record.ev.t, "dt": np.nan if dt is None else dt, "step": record.steps, "evals": record.evals,
+        values = {"t": last.t, "dt": np.nan if dt is None else dt, "step": record.steps, "evals": record.evals,
                   "wall": record.wall, "saves": n, "row": n - 1 if in_row else -1}
         ckpt["scalars"][slot] = [values[c] for c in CHECKPOINT_COLUMNS]
         self.file.flush()
         ckpt["current"][()] = slot
         self.file.flush()
 
-    def _write_save(self, record: SaveRecord) -> None:
+    def _write_save(self, record: SaveRecord, with_state: bool) -> None:
+        """One save row. At a state that was evaluated (a step landed on it) the loss and the
+        training outputs come from that evaluation; at an interpolated state they take a
+        forward pass (no backward; counted in ``forwards``) and the gradient norm is read off
+        the interpolated derivative."""
         flow, ev = self.flow, record.ev
-        w = flow.weights(ev.y)
-        f_train = ev.aux["f"]
+        w = flow.weights(record.y)
+        if ev is not None:
+            f_train, train_loss, grad_norm = ev.aux["f"], float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad"))
+        else:
+            f_train = flow.outputs(w, flow.x_train)
+            self._forwards += 1
+            train_loss, grad_norm = flow.loss(f_train, "train"), flow.gradient_norm(record.y, record.dydt)
         f_test = flow.outputs(w, flow.x_test)
         change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
         scalars = {
-            "t": ev.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
+            "t": record.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
             "dt": np.nan if record.dt is None else record.dt,
-            "train_loss": float(ev.aux["loss"]), "train_err": flow.error(f_train, "train"),
+            "train_loss": train_loss, "train_err": flow.error(f_train, "train"),
             "test_loss": flow.loss(f_test, "test"), "test_err": flow.error(f_test, "test"),
-            "grad_norm": math.sqrt(ev.sq_norm("grad")),
+            "grad_norm": grad_norm, "forwards": self._forwards, "interpolated": float(ev is None),
+            "has_state": float(with_state),
         }
         saves = self._saves
         append(saves["f_train"], f_train.cpu().numpy()[None])
         append(saves["f_test"], f_test.cpu().numpy()[None])
         append(saves["weight_change"], np.array([change]))
-        if self.keep_state:
-            append(saves["state"], ev.y.detach().cpu().numpy()[None])
-            append(saves["dstate"], ev.dydt.detach().cpu().numpy()[None])
+        for name, value in (("state", record.y), ("dstate", record.dydt)):
+            if name in saves:
+                if with_state:
+                    append(saves[name], value.detach().cpu().numpy()[None])
+                else:
+                    extend(saves[name], 1)
+        self._last_row_state = with_state
+        self._last_row = (record.y, record.dydt)
         snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
         if snapshot:
             self._snapshot_kernel(w)
         if self.flow.cfg.kernel_n > 0:
-            self._last_save = None if snapshot else (ev.t, w)
+            self._last_save = None if snapshot else (record.t, w)
         self._flush_steps()
         for c, v in scalars.items():
             if c != "t":
@@ -338,9 +362,21 @@ class TrajectoryWriter(Observer):
         # (saves/t, kernel/t) are extended only once every other row of this save is on disk.
         self.file.flush()
         if snapshot:
-            append(self.file["kernel/t"], np.array([ev.t]))
-        append(saves["t"], np.array([ev.t]))
+            append(self.file["kernel/t"], np.array([record.t]))
+        append(saves["t"], np.array([record.t]))
         self.file.flush()
+
+    def _keep_last_state(self) -> None:
+        """The last save row of a run that ends holds its state (the one state every file
+        has), written into the row now if the schedule had skipped it."""
+        n = self._saves["t"].shape[0]
+        if n and not self._last_row_state:
+            y, dydt = self._last_row
+            self._saves["state"][n - 1] = y.detach().cpu().numpy()
+            if "dstate" in self._saves:
+                self._saves["dstate"][n - 1] = dydt.detach().cpu().numpy()
+            self._saves["has_state"][n - 1] = 1.0
+            self._last_row_state = True
 
     def finish(self, stop: Stop, dt: float | None) -> None:
         """Record how the run ended, close the file and release the lock (idempotent). The
@@ -353,9 +389,11 @@ class TrajectoryWriter(Observer):
             with self._writing():
                 if self._pending is not None:
                     if stop.status != "stopped":
-                        self._write_save(self._pending)
+                        self._write_save(self._pending, True)
                     self._write_checkpoint(self._pending, dt)
                     self._pending = None
+                if stop.status != "stopped":
+                    self._keep_last_state()
                 if self._last_save is not None and stop.status == "finished":
                     t, w = self._last_save
                     self._snapshot_kernel(w)
@@ -369,6 +407,20 @@ class TrajectoryWriter(Observer):
 
 _NO_ROOM = {errno.ENOSPC: "no space left on the disk of", errno.EFBIG: "the file size limit (ulimit -f) stopped",
             errno.EDQUOT: "the disk quota is exhausted for"}
+
+
+STATE_BUDGET = 64 * 2**20
+
+
+def state_indices(flow: GradientFlow, scheduled: int) -> set[int]:
+    """Which of the ``scheduled`` saves store the full state: ``state_saves`` of them (by
+    default as many as fit in STATE_BUDGET bytes, at least 2), spread evenly over the save
+    indices (so log-spaced in time, as the saves are), the first and last always."""
+    if scheduled < 1:
+        return set()
+    per_state = len(flow.y0) * flow.w0.element_size() * (1 + flow.cfg.save_derivatives)
+    k = flow.cfg.state_saves or max(2, STATE_BUDGET // per_state)
+    return {int(i) for i in np.round(np.linspace(0, scheduled - 1, min(k, scheduled)))}
 
 
 def _out_of_space(e: BaseException) -> str | None:

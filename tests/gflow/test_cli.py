@@ -25,7 +25,7 @@ def test_run_then_show_end_to_end_in_a_subprocess(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--alpha", "-1"], "alpha = -1.0: must be a finite number > 0"),
+        (["--alpha", "-1"], "alpha = -1.0: must lie in [1e-150, 1e150]"),
         (["--alpha", "0"], "alpha = 0.0"),
         (["--width", "0"], "width = 0: must be >= 1"),
         (["--dataset", "imagenet"], "dataset = 'imagenet': must be one of"),

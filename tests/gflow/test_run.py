@@ -21,8 +21,9 @@ def stored(tmp_path_factory):
 
 def test_every_documented_dataset_is_present(stored):
     with h5py.File(stored.path) as f:
-        for name in REQUIRED + ("saves/state", "saves/dstate"):
+        for name in REQUIRED + ("saves/state", "checkpoint/current"):
             assert name in f, name
+        assert "saves/dstate" not in f  # derivatives only when asked (save_derivatives)
         assert f.attrs["format"] == "gflow-trajectory" and f.attrs["format_version"] == 4
     assert stored.status == "finished" and stored.stop_reason == "reached t_end"
     assert stored.config == CFG
@@ -48,13 +49,15 @@ def test_evaluations_are_counted_step_by_step(stored):
     assert np.allclose(np.cumsum(steps["dt"]), steps["t"], rtol=1e-9)
 
 
-def test_stored_outputs_and_states_agree_with_the_model(stored):
+def test_stored_outputs_and_states_agree_with_the_model(stored, tmp_path):
     flow = gflow.build(stored.config)
+    with_derivatives = gflow.run(CFG.replace(save_derivatives=True), tmp_path / "d.h5", progress=False)
+    assert np.array_equal(with_derivatives.read("saves/state"), stored.read("saves/state"))
     for i in (0, 5, -1):
         w = stored.state(i)
         assert np.allclose(stored.outputs(i, "train"), flow.model(w, flow.x_train).numpy(), rtol=1e-12)
         assert np.allclose(stored.outputs(i, "test"), flow.model(w, flow.x_test).numpy(), rtol=1e-12)
-        assert np.allclose(stored.derivative(i).numpy(), flow.vector_field(0.0, w).numpy(), rtol=1e-10)
+        assert np.allclose(with_derivatives.derivative(i).numpy(), flow.vector_field(0.0, w).numpy(), rtol=1e-10)
     assert np.array_equal(stored.outputs(0), stored.read("init/f0_train"))
     assert np.all(stored.read("saves/weight_change")[0] == 0)
     assert np.all(stored.read("saves/weight_change")[-1] > 0)

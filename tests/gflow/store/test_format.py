@@ -44,7 +44,8 @@ def _as_version_3(path):
     with h5py.File(path, "r+") as f:
         for name in ("model", "data", "loss"):
             del f.attrs[name]
-        del f["checkpoint"]
+        for name in ("checkpoint", "saves/forwards", "saves/interpolated", "saves/has_state"):
+            del f[name]
         f.attrs["format_version"] = 3
 
 

@@ -71,9 +71,9 @@ def test_a_disk_too_full_for_the_next_save_stops_the_run_resumably(tmp_path, mon
     saves = []
     original = writer_module.TrajectoryWriter._write_save
 
-    def counting(self, record):
-        saves.append(record.ev.t)
-        return original(self, record)
+    def counting(self, record, with_state):
+        saves.append(record.t)
+        return original(self, record, with_state)
 
     monkeypatch.setattr(writer_module.TrajectoryWriter, "_write_save", counting)
     monkeypatch.setattr(writer_module, "_free_bytes", lambda path: 10**12 if len(saves) < 30 else 2**20)
