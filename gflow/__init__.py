@@ -7,6 +7,7 @@
 """
 
 from .catalog import catalog, ensemble
+from .compare import compare
 from .config import RunConfig
 from .errors import ConfigError, FileFormatError, GflowError
 from .flow import GradientFlow, build
@@ -18,5 +19,5 @@ from .trajectory import open_trajectory as open
 
 __all__ = [
     "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Sweep", "Trajectory", "build",
-    "catalog", "ensemble", "ntk", "open", "resume", "run", "run_sweep",
+    "catalog", "compare", "ensemble", "ntk", "open", "resume", "run", "run_sweep",
 ]

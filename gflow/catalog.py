@@ -26,7 +26,7 @@ from .store import TrajectoryFile
 from .timescales import power_law
 
 RESULTS = ("file", "status", "stop_reason", "t", "steps", "evals", "wall", "train_loss", "train_err",
-           "test_loss", "test_err", "kernel_change", "t1_kernel")
+           "test_loss", "test_err", "kernel_change", "t1_kernel", "kernel_alignment", "kernel_rank", "sharpness")
 CONFIG = tuple(f.name for f in fields(RunConfig))
 
 
@@ -34,9 +34,11 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
     """One row per ``*.h5`` file in ``directory``: every RunConfig field (``model_args`` and
     ``data_args`` as JSON, and each of their keys as a column ``model_args.KEY``), then status,
     stop_reason, final t, steps, evals, wall, final train/test loss and error, and, for runs
-    with kernel snapshots, the final kernel change ||Theta - Theta0|| / ||Theta0|| and
-    t1_kernel (first time it exceeds ``eps``; inf if never). Unreadable files get a row
-    with status ``unreadable`` and the reason."""
+    with kernel snapshots, the final kernel change ||Theta - Theta0|| / ||Theta0||,
+    t1_kernel (first time it exceeds ``eps``; inf if never), the final kernel-target
+    alignment and effective rank (:meth:`TrajectoryFile.kernel_signatures`), and for runs
+    with a Hessian spectrum the sharpness lambda_max at the last save. Unreadable files get
+    a row with status ``unreadable`` and the reason."""
     directory = Path(directory)
     if not directory.is_dir():
         raise GflowError(f"{directory}: no such directory")
@@ -57,10 +59,15 @@ def _row(path: Path, eps: float) -> dict[str, Any]:
                steps=s.get("step", 0), evals=s.get("evals", 0), wall=s.get("wall", math.nan),
                train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
                test_loss=s.get("test_loss", math.nan), test_err=s.get("test_err", math.nan),
-               kernel_change=math.nan, t1_kernel=math.nan)
+               kernel_change=math.nan, t1_kernel=math.nan, kernel_alignment=math.nan, kernel_rank=math.nan,
+               sharpness=math.nan)
     times, change = traj.stored_kernel_change()
     if len(change):
         row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
+        last = traj.kernel_signatures(top=1).iloc[-1]
+        row.update(kernel_alignment=float(last["alignment"]), kernel_rank=float(last["effective_rank"]))
+    if traj.has("saves/hessian") and len(traj):
+        row["sharpness"] = float(traj.hessian_spectrum()[1][-1, 0])
     for name in ("model_args", "data_args"):  # one column per argument (sweeps vary them), and the whole as JSON
         row.update({f"{name}.{k}": v for k, v in row[name].items()})
         row[name] = json.dumps(row[name], sort_keys=True)

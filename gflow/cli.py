@@ -119,6 +119,10 @@ def format_summary(traj: Any) -> str:
             f"  train        loss {s['train_loss']:.4e}  error {s['train_err']:.4f}",
             f"  test         loss {s['test_loss']:.4e}  error {s['test_err']:.4f}",
         ]
+    disk = traj.storage()
+    lines.append(f"  stored       {disk['saves']} saves ({disk['states']} with the state, {disk['forwards']} forward "
+                 f"passes for interpolated ones), {disk['bytes'] / 1e6:.2f} MB, "
+                 f"{disk['bytes_per_save'] / 1e3:.1f} kB per save")
     return "\n".join(lines)
 
 
@@ -160,7 +164,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tables = []
     for name, cfg in chosen.items():  # written after each problem: a long benchmark keeps what it measured
-        tables.append(bench.solvers_benchmark({name: cfg}, args.methods, args.tolerances, quick=args.quick))
+        tables.append(bench.solvers_benchmark({name: cfg}, args.methods, args.tolerances, quick=args.quick,
+                                             cache=out / "references"))
         pd.concat(tables).to_csv(out / "solvers.csv", index=False)
     table = pd.concat(tables)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -174,6 +179,17 @@ def _cmd_t1(args: argparse.Namespace) -> int:
 
     table = t1_table(args.files, eps=args.eps)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    table = compare(args.a, args.b)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
@@ -269,6 +285,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
     p.set_defaults(func=_cmd_t1)
+
+    p = sub.add_parser("compare", help="two runs on one time axis: distance between their learned functions, "
+                       "loss gap, lr * sharpness (e.g. gradient descent beside the flow)")
+    p.add_argument("a", help="trajectory file read at its own save times")
+    p.add_argument("b", help="trajectory file read at a's save times (replayed between its saves)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("sweep", help="run a grid of runs (a sweep TOML file) into a directory; re-run to finish it")
     p.add_argument("file", help="sweep TOML: [base] RunConfig fields, [grid] field = [values] or {log = [lo, hi, n]}")

@@ -28,7 +28,9 @@ ACTIVATIONS = ("softplus", "relu", "swish", "tanh")
 PARAMETRIZATIONS = ("ntk", "mean-field", "standard")
 LOSSES = ("softhinge", "hinge", "qhinge", "mse", "cross-entropy")
 NATIVE_SOLVERS = ("gradient-ratio", "momentum", "chebyshev", "exponential")
-SOLVERS = NATIVE_SOLVERS + METHODS
+ANCHORS = ("cvode", "tsit5")  # SUNDIALS' BDF and torchode's Tsit5: pip install gflow[stiff]
+DISCRETE = ("gd", "heavy-ball")  # training itself, at learning rate lr: t = k lr
+SOLVERS = NATIVE_SOLVERS + METHODS + ANCHORS + DISCRETE
 FLOWS = ("gradient", "momentum")
 CONTROLLERS = ("paper", "ratio-target")
 KERNEL_OUTPUTS = ("trace", "full")
@@ -92,16 +94,23 @@ class RunConfig:
     beta: float = _f(20.0, "sharpness of the soft hinge softplus(beta (1 - y a)) / beta")
     centered: bool = _f(True, "subtract the initial output f0 (off: a = alpha f)")
     # solver
-    solver: str = _f("gradient-ratio", "integrator")
+    solver: str = _f("exponential", "integrator (gradient-ratio and momentum: the paper's steppers, step for step)")
     flow: str | None = _f(None, "ODE: gradient (default) or momentum (implied by solver momentum)")
     controller: str = _f("paper", "step controller of gradient-ratio and momentum")
     tau: float = _f(1.0, "momentum time scale (momentum flow)")
+    tau_over_h: float | None = _f(None, "state tau as the paper's schedule instead: tau = tau_over_h "
+                                  "min(sqrt(h) alpha, tau_alpha_crit) (paper: 1e-3; docs/CONVENTIONS.md)")
+    tau_alpha_crit: float | None = _f(None, "cap of sqrt(h) alpha in the tau schedule (paper: 1e3; default none)")
     max_dgrad: float = _f(1e-4, "gradient-turn bound of gradient-ratio and momentum")
     max_dout: float = _f(0.1, "bound on the change of alpha (f - f0) per step (gradient-ratio, momentum; inf: none)")
     dt0: float = _f(1.0, "first step size of the native solvers")
-    rtol: float = _f(1e-7, "relative tolerance of exponential, chebyshev and torchdiffeq methods")
-    atol: float = _f(1e-9, "absolute tolerance of exponential, chebyshev and torchdiffeq methods")
+    rtol: float | None = _f(None, "relative tolerance of exponential, chebyshev, cvode, tsit5 and torchdiffeq methods "
+                            "(default 1e-3 for exponential, chebyshev and cvode, whose error is measured on the "
+                            "displacement from w0 (cvode: on w); 1e-7 for tsit5 and torchdiffeq's)")
+    atol: float = _f(1e-9, "absolute tolerance of exponential, chebyshev, cvode, tsit5 and torchdiffeq methods")
     dt: float | None = _f(None, "step size of the fixed-step methods (euler, midpoint, rk4, implicit_adams)")
+    lr: float | None = _f(None, "learning rate of gd and heavy-ball (t advances by lr per iteration)")
+    momentum_beta: float = _f(0.9, "momentum coefficient of heavy-ball, in [0, 1) (0: gd)")
     # schedule and stopping
     t_end: float = _f(1e4, "time to integrate to")
     saves: int = _f(100, "save times, log-spaced from save_t_min to t_end (t = 0 is saved too)")
@@ -121,6 +130,10 @@ class RunConfig:
     kernel_every: int = _f(10, "take a kernel snapshot every this many saves")
     kernel_memory_mb: int = _f(2048, "memory bound on kernel temporaries (MiB)")
     kernel_outputs: str = _f("trace", "for k outputs: trace (K x K, summed over outputs) or full (Kk x Kk)")
+    # curvature
+    hessian_k: int = _f(0, "top eigenvalues of the loss Hessian (sharpness first) at every save, by Lanczos on "
+                        "exact Hessian-vector products (0: off)")
+    hessian_tol: float = _f(1e-6, "relative accuracy of the Hessian eigenvalues")
     # compute
     chunk: int | None = _f(None, "evaluate the batch in chunks of this many points (less memory)")
     device: str = _f("cpu", "where tensors live")
@@ -143,6 +156,20 @@ class RunConfig:
         if self.solver == "chebyshev" and self.flow == "momentum":
             raise ConfigError("flow", self.flow, "solver chebyshev needs a real spectrum (gradient flow); "
                               "for the momentum flow use momentum, exponential or a torchdiffeq method")
+        if self.solver in ANCHORS and self.interpolate is False:
+            raise ConfigError("interpolate", self.interpolate, f"solver {self.solver} always serves save times from "
+                              "its dense output (it would restart at every save): leave interpolate unset")
+        if not 0 <= self.momentum_beta < 1:
+            raise ConfigError("momentum_beta", self.momentum_beta, "must be in [0, 1)")
+        if self.solver in DISCRETE:
+            self._check_discrete()
+        if self.tau_alpha_crit is not None and self.tau_over_h is None:
+            raise ConfigError("tau_alpha_crit", self.tau_alpha_crit, "caps the tau schedule: give tau_over_h too")
+        if self.tau_over_h is not None and self.tau != _DEFAULTS["tau"]:
+            raise ConfigError("tau", self.tau, "is set by the schedule tau_over_h: give one or the other")
+        if self.tau_over_h is not None and self.model is not None:
+            raise ConfigError("tau_over_h", self.tau_over_h, "the schedule needs the width h of the built-in "
+                              "network; with your own model give tau itself")
         if self.solver in FIXED and self.dt is None:
             raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
         if self.arch == "cnn" and self.pca is not None:
@@ -151,8 +178,29 @@ class RunConfig:
             raise ConfigError("pca", self.pca, f"must be <= ptr ({self.ptr}) to fit the projection on the train set")
         if self.data is None and self.kernel_n > self.ptr:
             raise ConfigError("kernel_n", self.kernel_n, f"must be <= ptr ({self.ptr}): snapshots use the first K train points")
+        if self.hessian_k > 0 and self.linearized:
+            raise ConfigError("hessian_k", self.hessian_k, "the linearized model's Hessian is constant "
+                              "(J0^T l'' J0): compute it once from the run instead")
         self._check_user_code("model", MODEL_FIELDS)
         self._check_user_code("data", DATA_FIELDS)
+
+    def _check_discrete(self) -> None:
+        """gd and heavy-ball iterate at t = k lr: they need lr, a horizon that is a whole
+        number of iterations, and save times on that grid (never interpolated)."""
+        if self.lr is None:
+            raise ConfigError("lr", self.lr, f"solver {self.solver} needs a learning rate: give --lr > 0")
+        iterations = self.t_end / self.lr
+        if abs(iterations - round(iterations)) > 1e-9 * iterations or round(iterations) < 1:
+            k = max(round(iterations), 1)
+            raise ConfigError("t_end", self.t_end, f"must be a whole number of iterations of lr = {self.lr:g} "
+                              f"(e.g. t_end = {k * self.lr:.12g}, {k} iterations)")
+        if self.interpolate:
+            raise ConfigError("interpolate", self.interpolate, f"solver {self.solver} saves its own iterates "
+                              "(save times are rounded to multiples of lr): leave interpolate unset")
+        if self.solver == "gd" and self.flow == "momentum":
+            raise ConfigError("flow", self.flow, "gd is plain gradient descent; for momentum use solver heavy-ball")
+        if self.solver == "heavy-ball" and self.flow == "gradient":
+            raise ConfigError("flow", self.flow, "heavy-ball carries a velocity (state (w, v)); leave flow unset")
 
     def _check_user_code(self, name: str, replaced: tuple[str, ...]) -> None:
         """With a model (data) reference, the built-in network (data) fields must stay unset,
@@ -169,9 +217,34 @@ class RunConfig:
                                   f"which {name} = {reference!r} replaces: pass it in {name}_args")
 
     @property
+    def tolerance(self) -> float:
+        """The relative tolerance the solver uses: ``rtol``, or the solver's default. 1e-3
+        for the methods whose error is controlled on the displacement from w0 (f(T) to ~1e-4
+        on digits, below the paper's stepper's error at its default bound); torchdiffeq's
+        and torchode's measure it relative to |w|, which barely moves in the lazy regime,
+        so they keep a tight 1e-7."""
+        if self.rtol is not None:
+            return self.rtol
+        return 1e-3 if self.solver in ("exponential", "chebyshev", "cvode") else 1e-7
+
+    @property
+    def time_constant(self) -> float:
+        """The momentum flow's tau: ``tau``, or with ``tau_over_h`` the schedule of Geiger et
+        al.'s code, tau_over_h h min(1, tau_alpha_crit / alpha') in its units (alpha' =
+        sqrt(h) alpha, its time t' = t sqrt(h) / alpha), which in gflow's units is
+
+            tau = tau_over_h min(sqrt(h) alpha, tau_alpha_crit)
+
+        (docs/CONVENTIONS.md derives it)."""
+        if self.tau_over_h is None:
+            return self.tau
+        scale = math.sqrt(self.width) * self.alpha
+        return self.tau_over_h * (scale if self.tau_alpha_crit is None else min(scale, self.tau_alpha_crit))
+
+    @property
     def momentum(self) -> bool:
         """True when the ODE is the momentum flow (state (w, v))."""
-        return self.solver == "momentum" or self.flow == "momentum"
+        return self.solver in ("momentum", "heavy-ball") or self.flow == "momentum"
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -380,4 +453,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "kernel_n": _count(0),
     "kernel_every": _count(1),
     "kernel_memory_mb": _count(1),
+    "hessian_k": _count(0),
+    "hessian_tol": _positive,
+    "tau_over_h": _positive,
+    "tau_alpha_crit": _positive,
+    "lr": _positive,
 }

@@ -182,3 +182,39 @@ def ntk_loop(model: Model, params: torch.Tensor, x1: torch.Tensor, x2: torch.Ten
 def relative_change(theta: torch.Tensor, theta0: torch.Tensor) -> float:
     """||Theta - Theta0||_F / ||Theta0||_F (seed 001: the kernel evolution of feature training)."""
     return float((theta - theta0).norm() / theta0.norm())
+
+
+def _targets(y: torch.Tensor, outputs: int) -> torch.Tensor:
+    """Targets as a matrix (n, k): +-1 labels as one column, integer classes one-hot."""
+    if outputs == 1:
+        return y.reshape(-1, 1).to(torch.float64)
+    return torch.nn.functional.one_hot(y.reshape(-1).long(), outputs).to(torch.float64)
+
+
+def alignment(theta: torch.Tensor, y: torch.Tensor, outputs: int = 1) -> float:
+    """Kernel-target alignment (Cristianini et al. 2002) of Theta with the labels y:
+
+        A = <Theta, Y Y^T>_F / (||Theta||_F ||Y Y^T||_F)
+
+    which for one output is y^T Theta y / (||Theta||_F ||y||^2). For k outputs Y is the
+    one-hot target matrix (n, k): with the trace kernel (n x n) as written; with the full
+    kernel (nk x nk, output index fastest) Y Y^T is replaced by vec(Y) vec(Y)^T, giving
+    vec(Y)^T Theta vec(Y) / (||Theta||_F ||Y||_F^2). In [-1, 1]; it grows as the kernel
+    learns the task (feature training) and stays put in the lazy regime."""
+    theta = theta.to(torch.float64)
+    targets = _targets(y, outputs)
+    if theta.shape[0] == targets.numel() and outputs > 1:  # the full kernel
+        v = targets.reshape(-1)
+        return float(v @ theta @ v / (theta.norm() * v.dot(v)))
+    gram = targets @ targets.T
+    return float((theta * gram).sum() / (theta.norm() * gram.norm()))
+
+
+def effective_rank(eigenvalues: torch.Tensor) -> float:
+    """exp of the entropy of the normalised spectrum p_i = lambda_i / sum lambda (Roy and
+    Vetterli 2007): n for a flat spectrum, 1 for a single direction. Negative rounding
+    noise in the eigenvalues of a PSD kernel is clipped to 0."""
+    lam = eigenvalues.to(torch.float64).clamp(min=0.0)
+    p = lam / lam.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

@@ -19,7 +19,7 @@ from .catalog import catalog, ensemble, fluctuation_exponents
 from .errors import GflowError
 from .store import TrajectoryFile
 
-KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble")
+KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness")
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -182,13 +182,71 @@ def ensemble_figure(directory: str | Path):
     return fig
 
 
-_DRAW: dict[str, Callable] = {
-    "test-error": test_error_figure, "kernel-change": kernel_change_figure,
-    "learning-curves": learning_curves_figure,
-    "phase": phase_figure, "ensemble": ensemble_figure,
-}
-
 FORMATS = ("png", "pdf", "svg", "eps", "jpg")
+
+
+def _per_run(directory: Path, table: pd.DataFrame, draw: Callable, axes) -> None:
+    """Call ``draw(axes, traj, colour)`` for each run, coloured by log10 sqrt(h) alpha
+    (colour bar), and add the colour bar."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    scales = np.log10(table["scale"].to_numpy())
+    norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
+    for _, row in table.sort_values("scale").iterrows():
+        draw(axes, TrajectoryFile(directory / row["file"]), cmap(norm(np.log10(row["scale"]))))
+    axes[0].figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes),
+                            label=r"$\log_{10}\sqrt{h}\,\alpha$")
+
+
+def alignment_figure(directory: str | Path):
+    """Signatures of feature learning at the kernel snapshots, one line per run coloured by
+    sqrt(h) alpha: the kernel-target alignment A(t) = y^T Theta y / (||Theta||_F ||y||^2)
+    and the kernel's effective rank, against t (log)."""
+    directory = Path(directory)
+    table = _finished(catalog(directory)).dropna(subset=["kernel_alignment"])
+    if table.empty:
+        raise GflowError("no run has kernel snapshots: run with kernel_n > 0")
+    fig, axes = _figure(2)
+
+    def draw(axes, traj, colour):
+        sig = traj.kernel_signatures(top=1)
+        sig = sig[sig["t"] > 0]
+        axes[0].plot(sig["t"], sig["alignment"], "o-", color=colour, ms=3)
+        axes[1].plot(sig["t"], sig["effective_rank"], "o-", color=colour, ms=3)
+
+    _per_run(directory, table, draw, axes[0])
+    for ax, name in zip(axes[0], ("kernel-target alignment A(t)", "effective rank of the kernel")):
+        ax.set_xscale("log")
+        ax.set_xlabel("t")
+        ax.set_ylabel(name)
+        ax.set_title(name, fontsize=10)
+    axes[0, 1].set_yscale("log")
+    return fig
+
+
+def sharpness_figure(directory: str | Path):
+    """The top eigenvalue of the loss Hessian (sharpness) along each run, log-log, one line
+    per run coloured by sqrt(h) alpha; beside it, the same against t / (sqrt(h) alpha)."""
+    directory = Path(directory)
+    table = _finished(catalog(directory)).dropna(subset=["sharpness"])
+    if table.empty:
+        raise GflowError("no run has a Hessian spectrum: run with hessian_k > 0")
+    fig, axes = _figure(2)
+
+    def draw(axes, traj, colour):
+        times, values = traj.hessian_spectrum()
+        scale = np.sqrt(traj.config.width) * traj.config.alpha
+        keep = times > 0
+        axes[0].loglog(times[keep], values[keep, 0], color=colour)
+        axes[1].loglog(times[keep] / scale, values[keep, 0], color=colour)
+
+    _per_run(directory, table, draw, axes[0])
+    for ax, label in zip(axes[0], ("t", r"$t / (\sqrt{h}\,\alpha)$")):
+        ax.set_xlabel(label)
+        ax.set_ylabel(r"sharpness $\lambda_{\max}$ of the loss Hessian")
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
 
 
 def figure_path(out: str | Path) -> Path:
@@ -204,6 +262,14 @@ def figure_path(out: str | Path) -> Path:
     if out.is_dir():
         raise GflowError(f"figure {out}: is a directory")
     return out
+
+
+_DRAW: dict[str, Callable] = {
+    "test-error": test_error_figure, "kernel-change": kernel_change_figure,
+    "learning-curves": learning_curves_figure,
+    "phase": phase_figure, "ensemble": ensemble_figure, "alignment": alignment_figure,
+    "sharpness": sharpness_figure,
+}
 
 
 def plot(directory: str | Path, kind: str, out: str | Path) -> Path:

@@ -19,7 +19,7 @@ from .config import RunConfig
 from .errors import DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
 from .losses import Loss
-from .methods import make_events, make_method, save_times
+from .methods import check_available, make_events, make_method, save_times
 from .progress import ProgressBar
 from .store import RunLock, TrajectoryWriter
 from .store.format import repair_truncated
@@ -112,6 +112,7 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     """
     out = Path(out)
     _check_output(out, overwrite)
+    check_available(cfg)
     flow = build(cfg, model=model, data=data, loss=loss)
     writer = TrajectoryWriter(out, flow, save_times(cfg), overwrite=overwrite)
     _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)

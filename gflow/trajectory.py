@@ -11,6 +11,7 @@ the file recorded is refused (:func:`matching_flow`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,19 @@ class Trajectory(TrajectoryFile):
         flow = self.flow
         w = flow.weights(state.to(flow.w0))
         return Point(t, state, flow.outputs(w, flow.x_train).cpu().numpy(), flow.outputs(w, flow.x_test).cpu().numpy())
+
+    def train_outputs_at(self, times: Sequence[float]) -> np.ndarray:
+        """Raw outputs f(w(t), x_train) at increasing ``times`` within the run: the stored
+        outputs at save times, the rest from states replayed with the run's own method
+        (batched: one integration per stored state that starts any)."""
+        saved = self.save_times
+        index = {float(t): i for i, t in enumerate(saved)}
+        missing = [float(t) for t in times if float(t) not in index]
+        flow = self.flow
+        replayed = dict(zip(missing, self._replay(missing))) if missing else {}
+        return np.stack([self.outputs(index[float(t)]) if float(t) in index else
+                         flow.outputs(flow.weights(replayed[float(t)].to(flow.w0)), flow.x_train).cpu().numpy()
+                         for t in times])
 
     def _replay(self, times: list[float]) -> list[torch.Tensor]:
         """The states at ``times`` (increasing, within the run), each replayed from the latest

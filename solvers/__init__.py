@@ -4,8 +4,9 @@
 
 A problem maps (t, y) to an :class:`Evaluation` (dy/dt plus named auxiliary values); a
 method is a stepper (Euler, exact momentum, Chebyshev, exponential Rosenbrock) under a
-controller (:class:`Adaptive`) or a torchdiffeq solver (:class:`TorchDiffEq`); observers
-see every accepted step and every save; events stop it.
+controller (:class:`Adaptive`), a torchdiffeq solver (:class:`TorchDiffEq`), SUNDIALS'
+CVODE (:class:`Sundials`) or torchode's Tsit5 (:class:`TorchODE`); observers see every
+accepted step and every save (served from the methods' dense output); events stop it.
 """
 
 from .adaptive import Adaptive
@@ -19,15 +20,17 @@ from .controllers import (
     RatioTarget,
     hermite_error,
 )
-from .dense import hermite
+from .dense import Interpolant, hermite, hermite_step
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
 from .exponential import ExponentialRosenbrock
 from .integrate import Counters, Solution, integrate
 from .method import Method, Segment
 from .observers import Observer, SaveRecord, StepRecord
 from .problem import CountingProblem, Evaluation, FunctionProblem, Problem
-from .steppers import Euler, ExactMomentum, Stepper
+from .steppers import Euler, ExactMomentum, HeavyBall, Stepper
+from .sundials import Sundials
 from .torchdiffeq_backend import TorchDiffEq
+from .torchode_backend import TorchODE
 
 __all__ = [
     "Adaptive",
@@ -45,6 +48,7 @@ __all__ = [
     "FixedStep",
     "FunctionProblem",
     "GradientRatio",
+    "HeavyBall",
     "LocalError",
     "MaxSteps",
     "Method",
@@ -58,9 +62,13 @@ __all__ = [
     "StepRecord",
     "Stepper",
     "Stop",
+    "Sundials",
     "TorchDiffEq",
+    "TorchODE",
     "WallClock",
+    "Interpolant",
     "hermite",
     "hermite_error",
+    "hermite_step",
     "integrate",
 ]

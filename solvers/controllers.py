@@ -209,8 +209,10 @@ class LocalError:
       relative to |w| would control that motion ever more loosely as alpha grows, while
       the learned function alpha (f - f0) is linear in the motion w - w0.
 
-    The step is accepted when err <= 1; the next dt is h * 0.8 err^{-1/3} (local error ~
-    h^3), kept within [h / 10, h * max_factor] and not grown after a rejection.
+    The step is accepted when err <= 1; the next dt is h * safety err^{-1/(order + 1)} (the
+    estimate measures the local error of a solution of ``order``, ~ h^(order + 1): 2 for
+    :func:`hermite_error`, 3 for exprb43's embedded solution), kept within
+    [h / 10, h * max_factor] and not grown after a rejection.
     """
 
     rtol: float = 1e-4
@@ -218,6 +220,8 @@ class LocalError:
     max_factor: float = 5.0
     estimate: Callable[[Evaluation, Evaluation, float], torch.Tensor] = hermite_error
     origin: torch.Tensor | None = None
+    order: int = 2
+    safety: float = 0.8
 
     def __post_init__(self) -> None:
         if not self.rtol > 0 or not self.atol >= 0:
@@ -235,7 +239,7 @@ class LocalError:
         err = self.error(self.estimate(before, after, h), before, after)
         if math.isnan(err):
             err = math.inf
-        factor = 0.8 * err ** (-1 / 3) if err > 0 else self.max_factor
+        factor = self.safety * err ** (-1 / (self.order + 1)) if err > 0 else self.max_factor
         if err <= 1.0:
             # A step shortened to hit a save time may grow from the controller's dt, not from h.
             return Decision(True, min(max(h * factor, h / 10), max(h, dt) * self.max_factor), {"error": err})

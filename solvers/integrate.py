@@ -17,12 +17,15 @@ from .problem import CountingProblem, Evaluation, Problem
 
 @dataclass(frozen=True)
 class Counters:
-    """Where an earlier integration left off, so a resumed one continues its counts."""
+    """Where an earlier integration left off, so a resumed one continues its counts.
+    ``observed``: evaluations made only to show observers an accepted state the method never
+    evaluates (CVODE's corrected state), not part of ``evals``, the method's cost."""
 
     steps: int = 0
     evals: int = 0
     wall: float = 0.0
     saves: int = 0
+    observed: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def integrate(
     saves = _check_save_times(save_at, t0, t_end)
     observers, events = list(observers), list(events)
     counting = CountingProblem(problem, counters.evals)
+    counting.observed = counters.observed
     start = time.perf_counter() - counters.wall
     steps, n_saved = counters.steps, counters.saves
     interpolating = bool(getattr(method, "interpolates", False))
@@ -135,4 +139,4 @@ def integrate(
             stop = Stop("finished", "reached t_end")
         if hit or (stop is not None and saved_at != ev.t):
             save(ev.t, ev.y, ev.dydt, ev, ev, dt)
-    return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved))
+    return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved, counting.observed))

@@ -84,12 +84,22 @@ class FunctionProblem:
 
 
 class CountingProblem:
-    """Wraps a problem and counts its evaluations (the unit of cost)."""
+    """Wraps a problem and counts its evaluations (the unit of cost).
+
+    ``count``: the evaluations a method makes to integrate. ``observed``: those made only to
+    show observers an accepted state a method never evaluates itself (SUNDIALS' BDF does not
+    evaluate its corrected state), counted apart so that a method's cost is its own."""
 
     def __init__(self, problem: Problem, count: int = 0) -> None:
         self.problem = problem
         self.count = count
+        self.observed = 0
 
     def evaluate(self, t: float, y: torch.Tensor) -> Evaluation:
         self.count += 1
+        return self.problem.evaluate(t, y)
+
+    def observe(self, t: float, y: torch.Tensor) -> Evaluation:
+        """An evaluation for observers only: counted in ``observed``, not in ``count``."""
+        self.observed += 1
         return self.problem.evaluate(t, y)

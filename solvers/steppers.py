@@ -32,6 +32,32 @@ class Euler:
         return torch.add(ev.y, ev.dydt, alpha=dt)  # one pass, where y + dt * dydt takes two
 
 
+class HeavyBall:
+    """Polyak's heavy-ball method (1964) on a state y = (x, v) stacked like
+    :class:`ExactMomentum`'s, v the velocity per unit time:
+
+        v' = beta v - g(x),     x' = x + dt v'
+
+    i.e. with the displacement u = dt v the textbook update u' = beta u - dt g,
+    x' = x + u': gradient descent with learning rate dt and momentum beta, t advancing by
+    dt per iteration. beta = 0 is gradient descent. The force g is read from the
+    evaluation's auxiliary value ``force_key``.
+    """
+
+    order = 1
+
+    def __init__(self, beta: float, force_key: str = "grad") -> None:
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta = {beta!r}: the heavy-ball momentum must be in [0, 1)")
+        self.beta = beta
+        self.force_key = force_key
+
+    def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor:
+        x, v = ev.y.chunk(2)
+        v_new = self.beta * v - ev.aux[self.force_key]
+        return torch.cat([x + dt * v_new, v_new])
+
+
 class ExactMomentum:
     """The momentum system integrated exactly over a step for a frozen force g.
 

@@ -8,6 +8,7 @@ loss are known here only by their recorded descriptions. Analysis that needs the
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..errors import FileFormatError
+from ..errors import FileFormatError, GflowError
 from .format import (
     SAVE_SCALARS,
     STEP_COLUMNS,
@@ -135,6 +136,62 @@ class TrajectoryFile:
             if "has_state" in f["saves"]:
                 return np.flatnonzero(f["saves/has_state"][:n] > 0)
             return np.arange(n) if "state" in f["saves"] else np.zeros(0, dtype=int)
+
+    def hessian_spectrum(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, eigenvalues): the top ``hessian_k`` eigenvalues of the loss Hessian at
+        every save, shape (saves, k), largest first (the sharpness lambda_max in column 0)."""
+        if not self.has("saves/hessian"):
+            raise GflowError(f"{self.path}: no Hessian spectrum stored (run with hessian_k > 0, --hessian-k K)")
+        return self.save_times, self.read("saves/hessian")
+
+    def hessian_products(self) -> np.ndarray:
+        """The Hessian-vector products each save's spectrum took (its cost: each about one
+        to two gradient evaluations)."""
+        if not self.has("saves/hessian_products"):
+            raise GflowError(f"{self.path}: no Hessian spectrum stored (run with hessian_k > 0, --hessian-k K)")
+        return self.read("saves/hessian_products")
+
+    def kernel_snapshots(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, kernels): t = 0 and every snapshot the run took, kernels of shape
+        (snapshots, K, K) (K = kernel_n, times k for the full kernel of k outputs)."""
+        if not self.has("kernel/t"):
+            raise GflowError(f"{self.path}: no kernel snapshots stored (run with kernel_n > 0, --kernel-n K)")
+        times, thetas = self.read("kernel/t"), self.read("kernel/theta")
+        if len(times) and times[0] == 0.0:  # the schedule's first snapshot is the initial kernel
+            return times, thetas
+        return np.concatenate([[0.0], times]), np.concatenate([self.read("init/theta")[None], thetas])
+
+    def kernel_signatures(self, top: int = 10) -> pd.DataFrame:
+        """Signatures of feature learning at each kernel snapshot (t = 0 first): columns t,
+        alignment (kernel-target alignment with the training labels, :func:`gflow.kernels.alignment`),
+        effective_rank (:func:`gflow.kernels.effective_rank`), and lambda_1 ... lambda_top,
+        the kernel's top eigenvalues."""
+        import pandas as pd
+
+        from ..kernels import alignment, effective_rank
+
+        times, thetas = self.kernel_snapshots()
+        outputs = int(self.sources.get("model", {}).get("outputs", 1))
+        y = torch.from_numpy(self.read("data/y_train")[: int(self.read_attr("kernel", "n"))])
+        rows = []
+        for t, theta in zip(times, thetas):
+            theta = torch.from_numpy(theta).to(torch.float64)
+            lam = torch.linalg.eigvalsh(theta).flip(0)
+            row = {"t": float(t), "alignment": alignment(theta, y, outputs), "effective_rank": effective_rank(lam)}
+            row.update({f"lambda_{i + 1}": float(lam[i]) for i in range(min(top, len(lam)))})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def storage(self) -> dict[str, float]:
+        """What the file costs on disk: its size in bytes, its saves, how many of them store
+        the state, bytes per save (the size over the saves), and the forward passes made
+        for saves at interpolated states."""
+        size = self.path.stat().st_size
+        n = len(self)
+        forwards = self.read("saves/forwards") if self.has("saves/forwards") else np.zeros(0)
+        return {"bytes": size, "saves": n, "states": len(self.stored_states),
+                "bytes_per_save": size / n if n else math.nan,
+                "forwards": int(forwards[-1]) if len(forwards) else 0}
 
     def _stored(self, name: str, i: int) -> np.ndarray:
         n = len(self)

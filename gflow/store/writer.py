@@ -28,6 +28,7 @@ import torch
 from solvers import Observer, SaveRecord, StepRecord, Stop
 
 from ..errors import DiskFull, GflowError, RunBusy
+from ..hessian import top_eigenvalues
 from ..kernels import ntk, relative_change
 from .format import (
     CHECKPOINT_COLUMNS,
@@ -115,6 +116,7 @@ class TrajectoryWriter(Observer):
         self._last_row: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+        self._hessian_vectors: np.ndarray | None = None  # the last save's, to start the next Lanczos
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
         self._lock = lock or RunLock(self.path)
         try:
@@ -197,6 +199,9 @@ class TrajectoryWriter(Observer):
         saves.attrs["layers"] = json.dumps(list(flow.model.layers))
         # States and derivatives only at some saves: the other rows are never written, so
         # HDF5 allocates no chunk for them and reads them as the NaN fill value.
+        if flow.cfg.hessian_k > 0:
+            create_table(saves, "hessian", (flow.cfg.hessian_k,))
+            create_table(saves, "hessian_products")
         create_table(saves, "state", (len(flow.y0),), dtype, fill=np.nan)
         if flow.cfg.save_derivatives:
             create_table(saves, "dstate", (len(flow.y0),), dtype, fill=np.nan)
@@ -265,7 +270,7 @@ class TrajectoryWriter(Observer):
         flow, item = self.flow, self.flow.w0.element_size()
         n = item * (flow.f0_train.numel() + flow.f0_test.numel() + len(flow.y0) * (3 + flow.cfg.save_derivatives))
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
-        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
+        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + flow.cfg.hessian_k + 1 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
 
     def _resumable(self) -> str:
@@ -341,6 +346,11 @@ class TrajectoryWriter(Observer):
         append(saves["f_train"], f_train.cpu().numpy()[None])
         append(saves["f_test"], f_test.cpu().numpy()[None])
         append(saves["weight_change"], np.array([change]))
+        if flow.cfg.hessian_k > 0:
+            spectrum = top_eigenvalues(flow, w, flow.cfg.hessian_k, flow.cfg.hessian_tol, self._hessian_vectors)
+            self._hessian_vectors = spectrum.vectors
+            append(saves["hessian"], spectrum.values[None])
+            append(saves["hessian_products"], np.array([spectrum.products], dtype=np.float64))
         for name, value in (("state", record.y), ("dstate", record.dydt)):
             if name in saves:
                 if with_state:

@@ -11,7 +11,8 @@ from gflow import RunConfig
 
 @pytest.mark.slow
 def test_paper_stepper_learns_the_same_function_as_a_high_accuracy_reference(tmp_path):
-    cfg = RunConfig(ptr=1000, depth=3, width=100, act="softplus", alpha=1.0, max_dgrad=1e-4, t_end=1e4)
+    cfg = RunConfig(ptr=1000, depth=3, width=100, act="softplus", alpha=1.0, max_dgrad=1e-4, t_end=1e4,
+                    solver="gradient-ratio")
     traj = gflow.run(cfg, tmp_path / "run.h5", progress=False)
     assert traj.status == "finished"
     flow = gflow.build(cfg)

@@ -5,7 +5,7 @@ import pytest
 
 from gflow.cli import main
 
-FAST = ["--ptr", "60", "--pte", "20", "--width", "10", "--t-end", "5", "--saves", "5"]
+FAST = ["--ptr", "60", "--pte", "20", "--width", "10", "--t-end", "5", "--saves", "5", "--solver", "gradient-ratio"]
 
 
 def _gflow(*args, cwd=None):

@@ -17,7 +17,8 @@ import gflow
 from gflow import RunConfig
 from gflow.cli import main
 
-FAST = ["--ptr", "30", "--pte", "10", "--width", "6", "--depth", "1", "--t-end", "2", "--saves", "3"]
+FAST = ["--ptr", "30", "--pte", "10", "--width", "6", "--depth", "1", "--t-end", "2", "--saves", "3",
+        "--solver", "gradient-ratio"]
 
 
 def _cli(capsys, *argv):
@@ -41,7 +42,7 @@ def _refused(capsys, tmp_path, *argv, message):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    return gflow.run(RunConfig(ptr=30, pte=10, width=6, depth=1, t_end=2.0, saves=3),
+    return gflow.run(RunConfig(ptr=30, pte=10, width=6, depth=1, t_end=2.0, saves=3, solver="gradient-ratio"),
                      tmp_path_factory.mktemp("done") / "done.h5", progress=False).path
 
 
@@ -146,7 +147,7 @@ def test_help_lists_every_field_with_its_meaning_choices_and_default():
     for f in ("--alpha", "--model-args", "--kernel-outputs", "--data"):
         assert f in text
     assert "(softhinge, hinge, qhinge, mse, cross-entropy); default softhinge" in text
-    assert "chebyshev, exponential, dopri5" in text and "default gradient-ratio" in text
+    assert "chebyshev, exponential, dopri5" in text and "default exponential" in text
     assert "STR" not in text and "FLOAT" not in text
     bench = subprocess.run([sys.executable, "-m", "gflow.cli", "bench", "--help"], capture_output=True, text=True)
     assert "digits-mom-a1" in bench.stdout

@@ -103,3 +103,21 @@ def test_float_fields_reject_nan_and_infinite_budgets_are_clean(tmp_path):
     with pytest.raises(GflowError, match="alpha"):
         RunConfig(alpha=float("nan"))
     assert np.isfinite(RunConfig().t_end)
+
+
+def test_the_papers_tau_schedule_is_tau_over_h_times_sqrt_h_alpha_capped():
+    cfg = RunConfig(solver="momentum", tau_over_h=1e-3, tau_alpha_crit=1e3, width=100)
+    assert cfg.replace(alpha=1.0).time_constant == pytest.approx(1e-3 * 10.0)
+    assert cfg.replace(alpha=1e3).time_constant == pytest.approx(1e-3 * 1e3)  # sqrt(h) alpha = 1e4, capped
+    assert RunConfig(solver="momentum", tau_over_h=1e-2, width=400, alpha=0.5).time_constant == pytest.approx(0.1)
+    assert RunConfig(solver="momentum", tau=3.0).time_constant == 3.0
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"tau_alpha_crit": 1e3}, "tau_alpha_crit"),
+    ({"tau_over_h": 1e-3, "tau": 2.0}, "tau"),
+    ({"tau_over_h": -1.0}, "tau_over_h"),
+])
+def test_the_tau_schedule_is_given_whole_or_not_at_all(changes, field):
+    with pytest.raises(ConfigError, match=field):
+        RunConfig(solver="momentum", **changes)

@@ -194,3 +194,26 @@ def test_the_last_save_always_gets_a_kernel_snapshot(tmp_path):
     traj = gflow.run(cfg, tmp_path / "r.h5", progress=False)
     assert list(traj.read("kernel/t")) == [traj.save_times[0], traj.save_times[4], traj.save_times[-1]]
     assert len(traj.save_times) == 6
+
+
+def test_alignment_is_one_for_the_targets_own_gram_matrix_and_matches_the_formula():
+    from gflow.kernels import alignment
+
+    y = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    assert alignment(torch.outer(y, y), y) == pytest.approx(1.0)
+    theta = torch.randn(4, 4, dtype=torch.float64)
+    theta = theta @ theta.T
+    assert alignment(theta, y) == pytest.approx(float(y @ theta @ y / (theta.norm() * y.dot(y))))
+    classes = torch.tensor([0, 2, 1, 2])
+    onehot = torch.nn.functional.one_hot(classes, 3).double()
+    assert alignment(onehot @ onehot.T, classes, outputs=3) == pytest.approx(1.0)
+    full = torch.kron(onehot @ onehot.T, torch.eye(3, dtype=torch.float64))  # (n k) x (n k), output fastest
+    v = onehot.reshape(-1)
+    assert alignment(full, classes, outputs=3) == pytest.approx(float(v @ full @ v / (full.norm() * v.dot(v))))
+
+
+def test_effective_rank_counts_equal_directions():
+    from gflow.kernels import effective_rank
+
+    assert effective_rank(torch.tensor([2.0, 2.0, 2.0, 0.0])) == pytest.approx(3.0)
+    assert effective_rank(torch.tensor([5.0, 0.0, -1e-17])) == pytest.approx(1.0)

@@ -94,3 +94,45 @@ def test_hermite_dense_output_is_fourth_order_in_save_spacing(tmp_path):
         widths.append(t2 - t1)
     orders = [np.log(errors[k] / errors[k + 1]) / np.log(widths[k] / widths[k + 1]) for k in range(2)]
     assert all(3.5 < p < 4.6 for p in orders), (errors, widths, orders)
+
+
+# The benchmark problems in miniature: digits FC under gradient flow at three alphas, the
+# momentum flow, a CNN and float32.
+MINI = TINY.replace(solver=RunConfig().solver, ptr=60, width=16, t_end=300.0, saves=20, save_t_min=0.1)
+MINIATURES = {
+    "gf-a1e-2": MINI.replace(alpha=1e-2), "gf-a1": MINI, "gf-a1e2": MINI.replace(alpha=1e2),
+    "momentum": MINI.replace(flow="momentum"),
+    "cnn": MINI.replace(arch="cnn", width=4, depth=2, downsample=2, t_end=100.0),
+    "float32": MINI.replace(dtype="float32"),
+}
+
+
+@pytest.mark.parametrize("name", list(MINIATURES))
+def test_the_default_method_is_robust_and_at_least_as_accurate_as_the_papers_stepper(tmp_path, name):
+    cfg = MINIATURES[name]
+    # float32 draws another w0: its reference is dopri8 in float32, as tight as float32 allows.
+    f_ref = reference(cfg, rtol=1e-10 if cfg.dtype == "float64" else 1e-6)
+    paper = cfg.replace(solver="momentum" if cfg.momentum else "gradient-ratio", flow=None)
+    default_error = _error(cfg, f_ref, tmp_path, "default")
+    paper_error = _error(paper, f_ref, tmp_path, "paper")
+    assert default_error <= paper_error, (default_error, paper_error)
+
+
+def test_the_same_rtol_gives_the_same_accuracy_at_every_alpha(tmp_path):
+    """Error control on the displacement from w0: f(T)'s relative error at rtol 1e-3 stays
+    within a factor 10 across alpha = 1e-2, 1, 1e2 (relative to |w| it would fall with
+    alpha like the motion of w does)."""
+    errors = []
+    for alpha in (1e-2, 1.0, 1e2):
+        cfg = MINI.replace(solver="exponential", alpha=alpha, rtol=1e-3, atol=1e-9)
+        errors.append(_error(cfg, reference(cfg, rtol=1e-10), tmp_path, f"a{alpha}"))
+    assert max(errors) < 10 * min(errors), errors
+
+
+@pytest.mark.parametrize("solver", ["cvode", "tsit5"])
+def test_anchor_methods_converge_to_the_reference_on_a_network(tmp_path, solver):
+    pytest.importorskip("sksundae" if solver == "cvode" else "torchode", reason="pip install -e '.[stiff]'")
+    cfg = TINY.replace(solver=solver)
+    f_ref = reference(cfg, rtol=1e-10)
+    errors = [_error(cfg.replace(rtol=r, atol=r * 1e-3), f_ref, tmp_path, f"{solver}{r}") for r in (1e-3, 1e-5, 1e-7)]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5, errors

@@ -12,6 +12,7 @@ import gflow
 from gflow import GflowError, RunConfig
 
 from . import usercode
+from .configs import TINY
 
 CFG = RunConfig(t_end=20.0, saves=5)
 
@@ -101,3 +102,19 @@ def test_a_factory_that_now_gives_another_model_is_refused(from_factories, tmp_p
         f.attrs["config"] = json.dumps(config)
     with pytest.raises(GflowError, match="w0 differ"):
         gflow.open(path).linearization_gap()
+
+
+def test_kernel_signatures_are_those_of_a_kernel_recomputed_from_the_stored_state(tmp_path):
+    from gflow.kernels import alignment, effective_rank, ntk
+
+    traj = gflow.run(TINY.replace(kernel_n=20, kernel_every=1), tmp_path / "k.h5", progress=False)
+    sig = traj.kernel_signatures(top=3)
+    assert list(sig["t"]) == list(traj.save_times)
+    flow = traj.flow
+    theta = ntk(flow.model, flow.weights(traj.state(-1).to(flow.w0)), flow.x_train[:20])
+    lam = torch.linalg.eigvalsh(theta).flip(0)
+    assert sig["alignment"].iloc[-1] == pytest.approx(alignment(theta, flow.y_train[:20]), rel=1e-10)
+    assert sig["effective_rank"].iloc[-1] == pytest.approx(effective_rank(lam), rel=1e-10)
+    assert sig["lambda_1"].iloc[-1] == pytest.approx(float(lam[0]), rel=1e-10)
+    row = gflow.catalog(tmp_path).iloc[0]
+    assert row["kernel_alignment"] == pytest.approx(sig["alignment"].iloc[-1])

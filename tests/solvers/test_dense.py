@@ -92,7 +92,7 @@ def _stiff():
 
 def _exponential(rtol):
     stepper = ExponentialRosenbrock(krylov_tol=rtol / 10)
-    return Adaptive(stepper, LocalError(rtol, rtol * 1e-3, estimate=stepper.error_estimate), dt0=1e-2,
+    return Adaptive(stepper, LocalError(rtol, rtol * 1e-3, estimate=stepper.error_estimate, order=3), dt0=1e-2,
                     interpolates=True)
 
 

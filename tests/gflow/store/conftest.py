@@ -7,7 +7,7 @@ import pytest
 import gflow
 from gflow import RunConfig
 
-CFG = RunConfig(ptr=40, pte=10, width=8, t_end=5.0, saves=5)
+CFG = RunConfig(ptr=40, pte=10, width=8, t_end=5.0, saves=5, solver="gradient-ratio")
 
 
 @pytest.fixture(scope="module")

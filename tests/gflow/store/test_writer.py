@@ -31,8 +31,8 @@ def test_the_step_table_records_the_ratio_the_controller_measured(tmp_path):
 
 
 
-RUN = ["--ptr", "100", "--pte", "50", "--width", "100", "--t-end", "100"]
-FULL_CFG = gflow.RunConfig(ptr=100, pte=50, width=100, t_end=100.0)
+RUN = ["--ptr", "100", "--pte", "50", "--width", "100", "--t-end", "100", "--solver", "gradient-ratio"]
+FULL_CFG = gflow.RunConfig(ptr=100, pte=50, width=100, t_end=100.0, solver="gradient-ratio")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,74 @@
+"""The Hessian spectrum against an independent dense computation, and as stored in a run."""
+
+import numpy as np
+import pytest
+import torch
+
+import gflow
+from gflow.hessian import hessian_vector_product, top_eigenvalues
+
+from .configs import TINY
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    flow = gflow.build(TINY.replace(ptr=40, width=12))
+    w = flow.w0 + 0.05 * torch.randn(flow.n_params, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dense = torch.autograd.functional.hessian(flow.training_loss, w)
+    return flow, w, dense
+
+
+def test_hessian_vector_products_equal_the_dense_hessian_times_the_vector(tiny):
+    flow, w, dense = tiny
+    v = torch.randn(flow.n_params, dtype=torch.float64)
+    assert torch.allclose(hessian_vector_product(flow, w)(v), dense @ v, rtol=1e-12, atol=1e-14)
+
+
+def test_hessian_vector_products_match_finite_differences_of_the_gradient(tiny):
+    flow, w, _ = tiny
+    v = torch.randn(flow.n_params, dtype=torch.float64)
+    eps = 1e-5
+    fd = (flow.loss_and_grad(w + eps * v)[1] - flow.loss_and_grad(w - eps * v)[1]) / (2 * eps)
+    assert torch.allclose(hessian_vector_product(flow, w)(v), fd, rtol=1e-7, atol=1e-10)
+
+
+def test_lanczos_top_five_match_the_dense_eigendecomposition(tiny):
+    flow, w, dense = tiny
+    exact = torch.linalg.eigvalsh(dense).flip(0)[:5].numpy()
+    spectrum = top_eigenvalues(flow, w, k=5, tol=1e-12)
+    assert np.allclose(spectrum.values, exact, rtol=1e-8, atol=0)
+    assert np.all(np.diff(spectrum.values) <= 0) and spectrum.products > 0
+    # The eigenvectors are the dense ones (up to sign).
+    top = torch.from_numpy(spectrum.vectors[:, 0])
+    assert float((dense @ top - exact[0] * top).norm()) < 1e-8 * exact[0]
+
+
+def test_a_warm_start_from_nearby_vectors_needs_fewer_products(tiny):
+    flow, w, _ = tiny
+    cold = top_eigenvalues(flow, w, k=3, tol=1e-10)
+    warm = top_eigenvalues(flow, w + 1e-4 * w, k=3, tol=1e-10, start=cold.vectors)
+    assert warm.products < cold.products and np.allclose(warm.values, cold.values, rtol=1e-2)
+
+
+def test_a_run_stores_the_spectrum_at_every_save_as_a_fresh_computation_gives(tmp_path):
+    traj = gflow.run(TINY.replace(hessian_k=3, hessian_tol=1e-10), tmp_path / "h.h5", progress=False)
+    times, values = traj.hessian_spectrum()
+    assert values.shape == (len(traj), 3) and np.array_equal(times, traj.save_times)
+    assert np.all(np.diff(values, axis=1) <= 0)
+    flow = traj.flow
+    again = top_eigenvalues(flow, flow.weights(traj.state(-1).to(flow.w0)), k=3, tol=1e-12).values
+    assert np.allclose(values[-1], again, rtol=1e-8)
+    assert np.all(traj.hessian_products() > 0)
+    table = gflow.catalog(tmp_path)
+    assert table["sharpness"].iloc[0] == pytest.approx(values[-1, 0])
+
+
+def test_a_run_without_a_spectrum_says_how_to_get_one(tmp_path):
+    traj = gflow.run(TINY, tmp_path / "n.h5", progress=False)
+    with pytest.raises(gflow.GflowError, match="hessian_k > 0"):
+        traj.hessian_spectrum()
+
+
+def test_hessian_k_must_be_a_count():
+    with pytest.raises(gflow.ConfigError, match="hessian_k"):
+        gflow.RunConfig(hessian_k=-1)
