@@ -26,7 +26,8 @@ from .store import TrajectoryFile
 from .timescales import power_law
 
 RESULTS = ("file", "status", "stop_reason", "t", "steps", "evals", "wall", "train_loss", "train_err",
-           "test_loss", "test_err", "kernel_change", "t1_kernel", "kernel_alignment", "kernel_rank", "sharpness")
+           "test_loss", "test_err", "kernel_change", "t1_kernel", "kernel_alignment", "kernel_rank", "sharpness",
+           "weight_change")
 CONFIG = tuple(f.name for f in fields(RunConfig))
 
 
@@ -37,7 +38,8 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
     with kernel snapshots, the final kernel change ||Theta - Theta0|| / ||Theta0||,
     t1_kernel (first time it exceeds ``eps``; inf if never), the final kernel-target
     alignment and effective rank (:meth:`TrajectoryFile.kernel_signatures`), and for runs
-    with a Hessian spectrum the sharpness lambda_max at the last save. Unreadable files get
+    with a Hessian spectrum the sharpness lambda_max at the last save; weight_change is
+    ||w(T) - w0|| / ||w0|| over all parameters at the last save. Unreadable files get
     a row with status ``unreadable`` and the reason."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -60,12 +62,16 @@ def _row(path: Path, eps: float) -> dict[str, Any]:
                train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
                test_loss=s.get("test_loss", math.nan), test_err=s.get("test_err", math.nan),
                kernel_change=math.nan, t1_kernel=math.nan, kernel_alignment=math.nan, kernel_rank=math.nan,
-               sharpness=math.nan)
+               sharpness=math.nan, weight_change=math.nan)
     times, change = traj.stored_kernel_change()
     if len(change):
         row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
         last = traj.kernel_signatures(top=1).iloc[-1]
         row.update(kernel_alignment=float(last["alignment"]), kernel_rank=float(last["effective_rank"]))
+    stored = traj.stored_states
+    if len(stored) and stored[-1] == len(traj) - 1:  # the last save's state: every finished run has it
+        w0 = traj.read("init/w0")
+        row["weight_change"] = float(np.linalg.norm(traj.state(-1).numpy()[: len(w0)] - w0) / np.linalg.norm(w0))
     if traj.has("saves/hessian") and len(traj):
         row["sharpness"] = float(traj.hessian_spectrum()[1][-1, 0])
     for name in ("model_args", "data_args"):  # one column per argument (sweeps vary them), and the whole as JSON

@@ -93,6 +93,11 @@ class FullyConnected(nn.Module):
                 z = self.phi(z)
         return self.kappa * (z.squeeze(-1) if z.shape[-1] == 1 else z), inputs, products
 
+    def hidden(self, weights: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pre-activations c_l a_l W_l^T of every hidden layer, by the name of its weight."""
+        _, _, products = self._forward(weights, x)
+        return {f"weights.{i}": u * c for i, (u, c) in enumerate(zip(products[:-1], self.multipliers))}
+
     def tangent_factors(self, weights: list[torch.Tensor], x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """For each layer l, (a_l, delta_l) with delta_l[c, i] = d f_c(x_i) / d u_l[i] (shape
         (k, n, h_l), k = 1 for a scalar output), so that the per-sample gradient of output c is
@@ -209,6 +214,28 @@ class FlatModel:
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.apply(self.parts(w), x)
 
+    def hidden(self, w: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The hidden representations at parameters ``w``: the outputs of every submodule
+        that holds trainable parameters of its own (a Linear's or a Conv's pre-activations),
+        the readout (the last one) excluded, by module name; the built-in FC network gives
+        its pre-activations directly. Empty when the module has no such submodules."""
+        own = getattr(self.module, "hidden", None)
+        if own is not None:
+            with torch.no_grad():
+                return own(self.parts(w), x)
+        layers = [(name, m) for name, m in self.module.named_modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        seen: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.detach()))
+                 for name, m in layers[:-1]]
+        try:
+            with torch.no_grad():
+                self(w, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
+
     @property
     def has_tangent_factors(self) -> bool:
         """Whether the architecture gives its per-sample gradients as outer products (dense layers)."""
@@ -286,6 +313,28 @@ class Linearized:
 
     def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return self(parts[0], x)
+
+    def hidden(self, w: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The hidden representations at parameters ``w``: the outputs of every submodule
+        that holds trainable parameters of its own (a Linear's or a Conv's pre-activations),
+        the readout (the last one) excluded, by module name; the built-in FC network gives
+        its pre-activations directly. Empty when the module has no such submodules."""
+        own = getattr(self.module, "hidden", None)
+        if own is not None:
+            with torch.no_grad():
+                return own(self.parts(w), x)
+        layers = [(name, m) for name, m in self.module.named_modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        seen: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.detach()))
+                 for name, m in layers[:-1]]
+        try:
+            with torch.no_grad():
+                self(w, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
 
     @property
     def has_tangent_factors(self) -> bool:

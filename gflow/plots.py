@@ -19,7 +19,7 @@ from .catalog import catalog, ensemble, fluctuation_exponents
 from .errors import GflowError
 from .store import TrajectoryFile
 
-KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness")
+KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness", "weight-scaling")
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -249,6 +249,32 @@ def sharpness_figure(directory: str | Path):
     return fig
 
 
+def weight_scaling_figure(directory: str | Path):
+    """The paper's weight-scaling figure: sqrt(h) ||w(T) - w0|| / ||w0|| against sqrt(h) alpha,
+    one line per h, log-log, with the power law fitted over the lazy runs (sqrt(h) alpha >= 10;
+    the theory's slope is -1)."""
+    from .timescales import weight_scaling
+
+    table = _finished(catalog(directory)).dropna(subset=["weight_change"])
+    table["scaled_change"] = np.sqrt(table["width"]) * table["weight_change"]
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    _per_width(ax, table, "scaled_change")
+    ax.set_yscale("log")
+    ax.set_ylabel(r"$\sqrt{h}\,\|w(T)-w_0\| / \|w_0\|$")
+    try:
+        fit = weight_scaling(table)
+    except GflowError:
+        ax.set_title("weight change at the end of training")
+        return fig
+    x = np.geomspace(10.0, table["scale"].max(), 20)
+    ax.plot(x, fit["prefactor"] * x ** fit["exponent"], "k--", lw=1,
+            label=f"lazy fit: slope {fit['exponent']:.2f} ({fit['runs']} runs)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"weight change: slope {fit['exponent']:.2f} in the lazy regime (theory -1)", fontsize=10)
+    return fig
+
+
 def figure_path(out: str | Path) -> Path:
     """Where a figure named ``out`` goes: ``out`` with a known suffix, or ``out.png`` when it has
     none; one GflowError for an unknown suffix or a missing directory."""
@@ -268,7 +294,7 @@ _DRAW: dict[str, Callable] = {
     "test-error": test_error_figure, "kernel-change": kernel_change_figure,
     "learning-curves": learning_curves_figure,
     "phase": phase_figure, "ensemble": ensemble_figure, "alignment": alignment_figure,
-    "sharpness": sharpness_figure,
+    "sharpness": sharpness_figure, "weight-scaling": weight_scaling_figure,
 }
 
 

@@ -177,6 +177,8 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
 
         torch.set_num_threads(threads)
     out = Path(path)
+    if _ORPHANED.is_set():  # the sweep died while this worker was between runs: take no new one
+        return {"name": out.stem, "action": "skip", "status": "stopped", "reason": "the sweep's process died"}
     log = _run_logger(out)
     cfg = RunConfig.from_json(cfg_json)
     try:
@@ -291,6 +293,9 @@ def run_sweep(
 Submit = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], Iterator[dict[str, str]]]
 
 
+_ORPHANED = threading.Event()  # set in a worker whose sweep process has died
+
+
 def _stop_when_orphaned(parent: int, grace: float = 60.0) -> None:
     """Worker initializer: when the sweep's process dies (killed, or signalled alone by a
     job scheduler), the worker sends itself SIGTERM, so its run stops cleanly (saved,
@@ -300,6 +305,7 @@ def _stop_when_orphaned(parent: int, grace: float = 60.0) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        _ORPHANED.set()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace)
         os._exit(1)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
+from .errors import GflowError
 from .geometry import check_threshold, first_crossing
 from .trajectory import open_trajectory
 
@@ -41,6 +42,22 @@ def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Least-squares fit log y = a + b log x: returns (b, exp(a))."""
     b, a = np.polyfit(np.log(x), np.log(y), 1)
     return float(b), float(np.exp(a))
+
+
+def weight_scaling(table: pd.DataFrame, lazy_from: float = 10.0) -> dict[str, float]:
+    """The lazy regime's weight change: fit sqrt(h) ||w(T) - w0|| / ||w0|| = c (sqrt(h) alpha)^b
+    over the finished runs of a catalog with sqrt(h) alpha >= ``lazy_from``. Geiger et al.
+    (and Chizat, Oyallon, Bach): the weights move by ~1 / alpha in the NTK parametrization
+    while ||w0|| ~ h, so b = -1. Returns exponent b, prefactor c and the runs fitted."""
+    done = table[(table["status"] == "finished") & np.isfinite(table["weight_change"])]
+    scale = np.sqrt(done["width"].to_numpy(float)) * done["alpha"].to_numpy(float)
+    lazy = scale >= lazy_from
+    if lazy.sum() < 2 or len(np.unique(scale[lazy])) < 2:
+        raise GflowError(f"need finished runs at two or more values of sqrt(h) alpha >= {lazy_from:g} to fit the "
+                         "lazy regime's weight change")
+    change = np.sqrt(done["width"].to_numpy(float)) * done["weight_change"].to_numpy(float)
+    b, c = power_law(scale[lazy], change[lazy])
+    return {"exponent": b, "prefactor": c, "runs": int(lazy.sum())}
 
 
 def fit_t1(table: pd.DataFrame, column: str = "t1_linearization") -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from .kernels import ntk, relative_change
 from .losses import Loss
 from .methods import make_method
 from .store import TrajectoryFile
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _ARGUMENT = {"model": "model=...", "data": "data=(x_train, y_train, x_test, y_test)", "loss": "loss=..."}
 _UNREBUILDABLE = {"model": ("object",), "data": ("arrays",), "loss": ("object",)}
@@ -200,6 +204,27 @@ class Trajectory(TrajectoryFile):
         missing = sorted({i for i in indices if i not in stored})
         replayed = dict(zip(missing, self._replay([float(self.save_times[i]) for i in missing]))) if missing else {}
         return [flow.weights((self.state(i) if i in stored else replayed[i]).to(flow.w0)) for i in indices]
+
+    def representation_change(self, n: int = 100) -> pd.DataFrame:
+        """How the hidden representations move: at every save, for every hidden layer l,
+        ||Z_l(t) - Z_l(0)||_F / ||Z_l(0)||_F with Z_l the layer's pre-activations on the first
+        n train points (see :meth:`FlatModel.hidden`). Columns: t, then one per layer.
+        Saves without a stored state are replayed."""
+        import pandas as pd
+
+        flow = self.flow
+        x = flow.x_train[:n]
+        if not hasattr(flow.model, "hidden"):
+            raise GflowError("representation change needs the network's hidden layers: not for a linearized run")
+        first = flow.model.hidden(flow.w0, x)
+        if not first:
+            raise GflowError(f"{self.path}: the model has no hidden layers gflow can read (submodules holding "
+                             "parameters, such as nn.Linear or nn.Conv2d)")
+        rows = []
+        for t, w in zip(self.save_times, self.weights_at(list(range(len(self))))):
+            now = flow.model.hidden(w, x)
+            rows.append({"t": float(t)} | {name: float((now[name] - z0).norm() / z0.norm()) for name, z0 in first.items()})
+        return pd.DataFrame(rows)
 
     def kernel(self, i: int, n: int = 100) -> torch.Tensor:
         """Theta(w(t_i)) on the first n train points, computed from the stored state (for k

@@ -68,7 +68,10 @@ class Adaptive:
             dense = getattr(self.stepper, "interpolant", None) if self.interpolates else None
             interpolant = dense(ev, new, h) if dense else None
             ev = new
-            stop = on_step(ev, h, rejected, decision.ratios, interpolant, dt)
+            # A stepper may report what its step measured for free (exponential: a Ritz value).
+            ratios = decision.ratios | diagnostics() if (diagnostics := getattr(self.stepper, "diagnostics", None)) \
+                else decision.ratios
+            stop = on_step(ev, h, rejected, ratios, interpolant, dt)
             if stop:
                 return Segment(ev, dt, stop)
         return Segment(ev, dt, None)

@@ -133,6 +133,17 @@ class ExponentialRosenbrock:
         self._dense = (ev, dt, space, d2, d3)
         return ev.y + space.combine(inside) + outside
 
+    def diagnostics(self) -> dict[str, float]:
+        """What the last step's Krylov space tells for free: ``ritz_max``, the largest
+        Ritz value of -J on the space K_m(J, F(y_n)) (the real part of the eigenvalues of
+        its Arnoldi matrix; -J = H, the loss Hessian, for gradient flow). Lanczos'
+        extreme Ritz values converge first, so with m >= 4-5 it approaches the sharpness
+        lambda_max, from below; NaN at rest (no space)."""
+        space = self._space
+        if space is None or space.dim == 0:
+            return {"ritz_max": float("nan")}
+        return {"ritz_max": float(np.max(-np.linalg.eigvals(space.square(space.dim)).real))}
+
     def error_estimate(self, before: Evaluation, after: Evaluation, h: float) -> torch.Tensor:
         """The local error estimate of the step just taken from ``before`` with size h:
         12 h phi_4(h J) (D_3 - 4 D_2), plus the Krylov coefficients' last change if unconverged."""

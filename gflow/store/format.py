@@ -30,6 +30,8 @@ REASON_BYTES = 512
 
 STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected", "evals", "wall")
 ADDED_IN_3 = ("steps/error_ratio",)
+# Written only by the methods that measure them (the exponential method's top Ritz value).
+OPTIONAL_STEP_COLUMNS = ("ritz_max",)
 SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm",
                 "forwards", "interpolated", "has_state")
 ADDED_IN_4 = ("saves/forwards", "saves/interpolated", "saves/has_state")

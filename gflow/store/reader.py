@@ -20,6 +20,7 @@ import torch
 from ..config import RunConfig
 from ..errors import FileFormatError, GflowError
 from .format import (
+    OPTIONAL_STEP_COLUMNS,
     SAVE_SCALARS,
     STEP_COLUMNS,
     check,
@@ -223,8 +224,12 @@ class TrajectoryFile:
 
     @property
     def steps(self) -> pd.DataFrame:
-        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall."""
-        return self._table("steps", STEP_COLUMNS)
+        """One row per accepted step: t, dt, loss, grad_norm, ratios, rejected, evals, wall, and
+        ``ritz_max`` for the exponential method (its Krylov space's top Ritz value of -J: for
+        gradient flow, an estimate of the sharpness lambda_max at the step's start, free)."""
+        with self._file() as f:
+            extra = tuple(c for c in OPTIONAL_STEP_COLUMNS if c in f["steps"])
+        return self._table("steps", (*STEP_COLUMNS, *extra))
 
     @property
     def saves(self) -> pd.DataFrame:

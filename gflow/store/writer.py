@@ -34,6 +34,7 @@ from .format import (
     CHECKPOINT_COLUMNS,
     FORMAT,
     FORMAT_VERSION,
+    OPTIONAL_STEP_COLUMNS,
     REASON_BYTES,
     SAVE_SCALARS,
     STEP_COLUMNS,
@@ -159,7 +160,8 @@ class TrajectoryWriter(Observer):
         self._set_status("running", "")
         self.file.swmr_mode = True
         # Handles looked up once: h5py's name lookup costs more than a small append.
-        self._steps = {c: self.file["steps"][c] for c in STEP_COLUMNS}
+        self._steps = {c: self.file["steps"][c] for c in (*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)
+                       if c in self.file["steps"]}
         self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
 
     def _create(self, flow: GradientFlow) -> None:
@@ -189,6 +191,8 @@ class TrajectoryWriter(Observer):
         steps = f.create_group("steps")
         for c in STEP_COLUMNS:
             create_table(steps, c)
+        if flow.cfg.solver == "exponential":
+            create_table(steps, "ritz_max")
         saves = f.create_group("saves")
         for c in SAVE_SCALARS:
             create_table(saves, c)
@@ -241,14 +245,15 @@ class TrajectoryWriter(Observer):
         self._rows.append((
             ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad")),
             record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
-            record.rejected, record.evals, record.wall,
+            record.rejected, record.evals, record.wall, record.ratios.get("ritz_max", np.nan),
         ))
 
     def _flush_steps(self) -> None:
         if self._rows:
             rows = np.array(self._rows, dtype=np.float64)
-            for i, c in enumerate(STEP_COLUMNS):
-                append(self._steps[c], rows[:, i])
+            for i, c in enumerate((*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)):
+                if c in self._steps:
+                    append(self._steps[c], rows[:, i])
             self._rows = []
 
     def on_save(self, record: SaveRecord) -> None:

@@ -29,12 +29,12 @@ def test_benchmark_runs_only_the_selected_methods_and_tolerances(tmp_path):
 
 def test_selection_matches_labels_or_solver_names():
     variants = default_variants(momentum=False)
-    check_selection(variants, ["gradient-ratio", "dopri5"], [1e-3, 1e-4])  # a solver name covers both controllers
+    check_selection(variants, ["gradient-ratio", "dopri5", "exponential"], [1e-3, 1e-4])
 
 
 @pytest.mark.parametrize("methods, tolerances, message", [
     (["rk45"], None, "unknown benchmark method 'rk45'; known: gradient-ratio (paper)"),
-    (None, [3e-3], "no benchmark variant at tolerance 0.003; known: 1e-05, 0.0001"),
+    (None, [3e-3], "no benchmark variant at tolerance 0.003; known: 1e-06, 1e-05, 0.0001, 0.001, 0.01, 0.1"),
 ])
 def test_selection_of_nothing_is_rejected_naming_what_exists(methods, tolerances, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -14,7 +14,7 @@ from gflow.plots import KINDS, plot
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("catalog")
-    base = RunConfig(ptr=40, pte=20, t_end=5.0, saves=4, kernel_n=10, kernel_every=2)
+    base = RunConfig(ptr=40, pte=20, t_end=5.0, saves=4, kernel_n=10, kernel_every=2, hessian_k=1)
     for alpha in (0.5, 2.0):
         for width in (6, 12):
             for seed in (0, 1):

@@ -72,3 +72,24 @@ def test_a_run_without_a_spectrum_says_how_to_get_one(tmp_path):
 def test_hessian_k_must_be_a_count():
     with pytest.raises(gflow.ConfigError, match="hessian_k"):
         gflow.RunConfig(hessian_k=-1)
+
+
+def test_the_exponential_steppers_top_ritz_value_agrees_with_lanczos_at_the_same_state(tiny):
+    from solvers import CountingProblem, ExponentialRosenbrock
+
+    flow, w, _ = tiny
+    stepper = ExponentialRosenbrock(krylov_tol=1e-13, max_krylov=40)
+    problem = CountingProblem(flow)
+    stepper.step(problem.evaluate(0.0, w), 50.0, problem)
+    ritz = stepper.diagnostics()["ritz_max"]
+    assert ritz == pytest.approx(top_eigenvalues(flow, w, k=1, tol=1e-12).values[0], rel=1e-6)
+
+
+def test_an_exponential_run_records_a_ritz_value_per_step_near_the_stored_sharpness(tmp_path):
+    traj = gflow.run(TINY.replace(solver="exponential", hessian_k=1, saves=2, save_t_min=1.0), tmp_path / "r.h5",
+                     progress=False)
+    steps = traj.steps
+    assert "ritz_max" in steps and np.isfinite(steps["ritz_max"]).all()
+    # The first step starts at w0, where the stored spectrum was taken: a lower bound, close.
+    sharpness = traj.hessian_spectrum()[1][0, 0]
+    assert 0.5 * sharpness < steps["ritz_max"].iloc[0] <= sharpness * (1 + 1e-6)

@@ -160,7 +160,7 @@ def test_killing_the_sweep_process_stops_its_workers_runs_cleanly(tmp_path):
 
     path = tmp_path / "sweep.toml"
     # tiny steps: the runs could not finish in minutes
-    path.write_text(TINY.replace("t_end = 5.0", "t_end = 1e9\nmax_dgrad = 1e-12").replace("width = [6, 12]", "width = [6]"))
+    path.write_text(TINY.replace("t_end = 5.0", "t_end = 1e9\nmax_dgrad = 1e-12\nsolver = \"gradient-ratio\"").replace("width = [6, 12]", "width = [6]"))
     out = tmp_path / "runs"
     sweep = subprocess.Popen([sys.executable, "-m", "gflow.cli", "sweep", str(path), "--out", str(out), "--workers", "2"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

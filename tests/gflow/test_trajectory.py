@@ -118,3 +118,22 @@ def test_kernel_signatures_are_those_of_a_kernel_recomputed_from_the_stored_stat
     assert sig["lambda_1"].iloc[-1] == pytest.approx(float(lam[0]), rel=1e-10)
     row = gflow.catalog(tmp_path).iloc[0]
     assert row["kernel_alignment"] == pytest.approx(sig["alignment"].iloc[-1])
+
+
+def test_representation_change_is_the_relative_change_of_each_hidden_layers_pre_activations(tmp_path):
+    traj = gflow.run(TINY, tmp_path / "r.h5", progress=False)
+    table = traj.representation_change(n=20)
+    flow = traj.flow
+    assert list(table.columns) == ["t", "weights.0", "weights.1"] and table.iloc[0, 1:].eq(0).all()
+    # Independently: the first hidden layer's pre-activations are x W_0^T / sqrt(d).
+    w0, w = flow.model.parts(flow.w0)[0], flow.model.parts(flow.weights(traj.state(-1)))[0]
+    x = flow.x_train[:20]
+    z0, z = x @ w0.T / x.shape[1] ** 0.5, x @ w.T / x.shape[1] ** 0.5
+    assert table["weights.0"].iloc[-1] == pytest.approx(float((z - z0).norm() / z0.norm()), rel=1e-10)
+
+
+def test_representation_change_of_a_user_module_reads_its_linear_layers(tmp_path):
+    model, data = usercode.mlp(width=12), usercode.parity_digits(40, 10)
+    traj = gflow.run(RunConfig(t_end=5.0, saves=3), tmp_path / "u.h5", model=model, data=data, progress=False)
+    table = traj.representation_change(n=10)
+    assert len(table) == len(traj) and len(table.columns) >= 2 and (table.iloc[-1, 1:] > 0).all()
