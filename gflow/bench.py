@@ -281,6 +281,63 @@ def solvers_benchmark(
     return pd.DataFrame(rows)
 
 
+ACCURACIES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def evaluations_to_reach(table: pd.DataFrame, accuracies: tuple[float, ...] = ACCURACIES) -> pd.DataFrame:
+    """For each problem and method, the evaluations its work-precision curve needs to reach
+    a relative error of f(T) of each accuracy: on the curve's Pareto front (runs sorted by
+    evaluations, each kept if more accurate than every cheaper one), interpolated
+    log-linearly between the last run above the accuracy and the first at or below it; the
+    cheapest run when even that one is below; NaN when no run reached it."""
+    done = table[table["status"] == "finished"]
+    rows = []
+    for (problem, method), g in done.groupby(["problem", "method"], sort=False):
+        front, best = [], math.inf
+        for evals, error in sorted(zip(g["evals"], g["error"])):
+            if error < best:
+                front.append((float(evals), float(error)))
+                best = error
+        row = {"problem": problem, "method": method}
+        for level in accuracies:
+            k = next((i for i, (_, e) in enumerate(front) if e <= level), None)
+            if k is None:
+                value = math.nan
+            elif k == 0:
+                value = front[0][0]
+            else:
+                (n0, e0), (n1, e1) = front[k - 1], front[k]
+                share = math.log(e0 / level) / math.log(e0 / e1)
+                value = math.exp(math.log(n0) + share * math.log(n1 / n0))
+            row[f"{level:g}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_tables(table: pd.DataFrame) -> str:
+    """The work-precision table as Markdown, one table per problem: method, tolerance,
+    status, gradient evaluations (Jacobian products counted), relative error of f(T), the
+    save schedule's cost (evaluations with the default saves over one save, where measured)
+    and the forward passes of interpolated saves."""
+    reach = evaluations_to_reach(table)
+    out = ["### Evaluations to reach a relative error of f(T) (interpolated on each method's curve)", "",
+           "| problem | method | " + " | ".join(f"<= {a:g}" for a in ACCURACIES) + " |",
+           "| --- | --- |" + " --- |" * len(ACCURACIES)]
+    for _, r in reach.iterrows():
+        cells = ["-" if math.isnan(r[f"{a:g}"]) else str(int(r[f"{a:g}"])) for a in ACCURACIES]
+        out.append(f"| {r['problem']} | {r['method']} | " + " | ".join(cells) + " |")
+    out.append("")
+    for problem, sub in table.groupby("problem", sort=False):
+        out += [f"### {problem}", "", "| method | tolerance | status | evaluations | error of f(T) | saves cost | forward passes |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for _, r in sub.iterrows():
+            cost = "" if math.isnan(r["saves_cost"]) else f"{r['saves_cost']:.2f}"
+            out.append(f"| {r['method']} | {r['tolerance']:g} | {r['status']} | {int(r['evals'])} | {r['error']:.2e} | "
+                       f"{cost} | {int(r['forwards'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
     """Evaluations vs error, log-log, one panel per problem, one line per method."""
     import matplotlib

@@ -170,7 +170,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     table = pd.concat(tables)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     bench.work_precision_plot(table, out / "work_precision.png")
-    print(f"wrote {out / 'solvers.csv'} and {out / 'work_precision.png'}")
+    (out / "solvers.md").write_text(bench.markdown_tables(table))
+    print(f"wrote {out / 'solvers.csv'}, {out / 'solvers.md'} and {out / 'work_precision.png'}")
     return 0
 
 

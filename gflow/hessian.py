@@ -76,6 +76,8 @@ def top_eigenvalues(flow: GradientFlow, w: torch.Tensor, k: int = 1, tol: float 
         # not among them (an eigenvalue that overtakes) are still found.
         v0 = start.sum(axis=1) / np.sqrt(start.shape[1]) + 1e-3 * v0 / np.sqrt(n)
     operator = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, ncv=min(n, max(2 * k + 1, 20)))
+    # A basis of 10 (ARPACK's default is 20): when lambda_max is an outlier, as along training,
+    # one cycle of 10 products converges it; measured on digits, half the products of 20.
+    values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, ncv=min(n, max(2 * k + 2, 10)))
     order = np.argsort(values)[::-1]
     return Spectrum(values[order], vectors[:, order], count)

@@ -18,6 +18,10 @@ def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
     assert (table["status"] == "finished").all() and (table["error"] < 0.1).all()
     assert (tmp_path / "work_precision.png").stat().st_size > 10_000
     assert "dopri5" in capsys.readouterr().out
+    markdown = (tmp_path / "solvers.md").read_text()
+    assert markdown.count("\n| ") == len(table) + 2  # a header, its rule and a row per run
+    # Interpolating methods at the default saves cost what one save costs: the ratio is measured.
+    assert (table.loc[table["method"] == "exponential", "saves_cost"] == 1.0).all()
 
 
 def test_benchmark_runs_only_the_selected_methods_and_tolerances(tmp_path):
@@ -61,3 +65,15 @@ def test_overhead_rejects_a_solver_selection(tmp_path, capsys):
     assert main(["bench", "overhead", "--quick", "--out", str(tmp_path / "o"), "--methods", "chebyshev"]) == 2
     assert "apply to `gflow bench solvers` only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluations_to_reach_read_the_pareto_front_log_linearly():
+    from gflow.bench import evaluations_to_reach
+
+    table = pd.DataFrame({"problem": "p", "method": "m", "status": "finished",
+                          "evals": [100, 400, 300, 1000], "error": [1e-2, 1e-3, 5e-2, 1e-5]})
+    row = evaluations_to_reach(table, (1e-1, 1e-2, 1e-3, 1e-4, 1e-6)).iloc[0]
+    # 300 evals at 5e-2 is off the front (100 evals reach 1e-2): the front is 100, 400, 1000.
+    assert row["0.1"] == 100 and row["0.01"] == 100 and row["0.001"] == pytest.approx(400)
+    assert row["0.0001"] == pytest.approx(np.sqrt(400 * 1000))  # halfway in log error, halfway in log evals
+    assert np.isnan(row["1e-06"])
