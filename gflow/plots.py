@@ -19,7 +19,7 @@ from .catalog import catalog, ensemble, fluctuation_exponents
 from .errors import GflowError
 from .store import TrajectoryFile
 
-KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness", "weight-scaling")
+KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness", "weight-scaling", "layers")
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -275,6 +275,34 @@ def weight_scaling_figure(directory: str | Path):
     return fig
 
 
+def layers_figure(directory: str | Path):
+    """Per layer, against t (log-log): the relative weight change ||W_l(t) - W_l(0)|| /
+    ||W_l(0)|| (left) and, for runs with kernel snapshots, the change of the hidden
+    pre-activations on the kernel subset (right); colour: sqrt(h) alpha, line style: layer."""
+    directory = Path(directory)
+    table = _finished(catalog(directory))
+    fig, axes = _figure(2)
+
+    def draw(axes, traj, colour):
+        times = traj.save_times
+        keep = times > 0
+        for column, style in zip(traj.read("saves/weight_change").T, _STYLES * 10):
+            axes[0].loglog(times[keep], column[keep], style, color=colour, lw=1)
+        if traj.has("saves/representation_change"):
+            for column, style in zip(traj.read("saves/representation_change").T, _STYLES * 10):
+                axes[1].loglog(times[keep], column[keep], style, color=colour, lw=1)
+
+    _per_run(directory, table, draw, axes[0])
+    titles = ("relative weight change per layer", "relative change of hidden pre-activations")
+    for ax, title in zip(axes[0], titles):
+        ax.set_xlabel("t")
+        ax.set_title(title + " (line style: layer)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel(r"$\|W_l(t)-W_l(0)\| / \|W_l(0)\|$")
+    axes[0, 1].set_ylabel(r"$\|Z_l(t)-Z_l(0)\|_F / \|Z_l(0)\|_F$")
+    return fig
+
+
 def figure_path(out: str | Path) -> Path:
     """Where a figure named ``out`` goes: ``out`` with a known suffix, or ``out.png`` when it has
     none; one GflowError for an unknown suffix or a missing directory."""
@@ -295,6 +323,7 @@ _DRAW: dict[str, Callable] = {
     "learning-curves": learning_curves_figure,
     "phase": phase_figure, "ensemble": ensemble_figure, "alignment": alignment_figure,
     "sharpness": sharpness_figure, "weight-scaling": weight_scaling_figure,
+    "layers": layers_figure,
 }
 
 

@@ -11,6 +11,7 @@ the file recorded is refused (:func:`matching_flow`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +209,16 @@ class Trajectory(TrajectoryFile):
     def representation_change(self, n: int = 100) -> pd.DataFrame:
         """How the hidden representations move: at every save, for every hidden layer l,
         ||Z_l(t) - Z_l(0)||_F / ||Z_l(0)||_F with Z_l the layer's pre-activations on the first
-        n train points (see :meth:`FlatModel.hidden`). Columns: t, then one per layer.
-        Saves without a stored state are replayed."""
+        n train points (see :meth:`FlatModel.hidden`). Columns: t, then one per layer. Read
+        from the file when the run stored it (runs with kernel_n = n > 0 do, on the kernel
+        subset); otherwise computed now, replaying saves without a stored state."""
         import pandas as pd
 
+        if self.has("saves/representation_change") and n == self.config.kernel_n:  # stored during the run
+            with self._file() as f:
+                layers = json.loads(f["saves/representation_change"].attrs["layers"])
+            values = self.read("saves/representation_change")
+            return pd.DataFrame({"t": self.save_times, **{name: values[:, i] for i, name in enumerate(layers)}})
         flow = self.flow
         x = flow.x_train[:n]
         if not hasattr(flow.model, "hidden"):

@@ -119,6 +119,9 @@ class TrajectoryWriter(Observer):
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
         self._hessian_vectors: np.ndarray | None = None  # the last save's, to start the next Lanczos
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
+        # Hidden pre-activations on the kernel subset at w0, for the representation change.
+        hidden = getattr(flow.model, "hidden", None)
+        self._hidden0 = hidden(flow.w0, self._kernel_x) if hidden is not None and flow.cfg.kernel_n > 0 else {}
         self._lock = lock or RunLock(self.path)
         try:
             if resume:
@@ -200,6 +203,9 @@ class TrajectoryWriter(Observer):
         create_table(saves, "f_train", tuple(flow.f0_train.shape), dtype)
         create_table(saves, "f_test", tuple(flow.f0_test.shape), dtype)
         create_table(saves, "weight_change", (len(flow.model.layers),))
+        if self._hidden0:
+            create_table(saves, "representation_change", (len(self._hidden0),))
+            saves["representation_change"].attrs["layers"] = json.dumps(list(self._hidden0))
         saves.attrs["layers"] = json.dumps(list(flow.model.layers))
         # States and derivatives only at some saves: the other rows are never written, so
         # HDF5 allocates no chunk for them and reads them as the NaN fill value.
@@ -275,7 +281,7 @@ class TrajectoryWriter(Observer):
         flow, item = self.flow, self.flow.w0.element_size()
         n = item * (flow.f0_train.numel() + flow.f0_test.numel() + len(flow.y0) * (3 + flow.cfg.save_derivatives))
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
-        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + flow.cfg.hessian_k + 1 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
+        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + flow.cfg.hessian_k + 1 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
 
     def _resumable(self) -> str:
@@ -351,6 +357,10 @@ class TrajectoryWriter(Observer):
         append(saves["f_train"], f_train.cpu().numpy()[None])
         append(saves["f_test"], f_test.cpu().numpy()[None])
         append(saves["weight_change"], np.array([change]))
+        if "representation_change" in saves:
+            now = flow.model.hidden(w, self._kernel_x)
+            append(saves["representation_change"], np.array([[float((now[name] - z0).norm() / z0.norm())
+                                                              for name, z0 in self._hidden0.items()]]))
         if flow.cfg.hessian_k > 0:
             spectrum = top_eigenvalues(flow, w, flow.cfg.hessian_k, flow.cfg.hessian_tol, self._hessian_vectors)
             self._hessian_vectors = spectrum.vectors

@@ -137,3 +137,18 @@ def test_representation_change_of_a_user_module_reads_its_linear_layers(tmp_path
     traj = gflow.run(RunConfig(t_end=5.0, saves=3), tmp_path / "u.h5", model=model, data=data, progress=False)
     table = traj.representation_change(n=10)
     assert len(table) == len(traj) and len(table.columns) >= 2 and (table.iloc[-1, 1:] > 0).all()
+
+
+def test_a_run_with_kernel_snapshots_stores_the_representation_change_a_recomputation_gives(tmp_path):
+    traj = gflow.run(TINY.replace(kernel_n=15), tmp_path / "k.h5", progress=False)
+    assert traj.has("saves/representation_change")
+    stored = traj.representation_change(n=15)
+    again = traj.representation_change(n=14)  # not what was stored: computed now
+    assert list(stored.columns) == ["t", "weights.0", "weights.1"] and len(stored) == len(traj)
+    # Recomputed at the stored states on the same 15 points: equal to rounding.
+    flow = traj.flow
+    x = flow.x_train[:15]
+    z0 = flow.model.hidden(flow.w0, x)["weights.1"]
+    z = flow.model.hidden(flow.weights(traj.state(-1)), x)["weights.1"]
+    assert stored["weights.1"].iloc[-1] == pytest.approx(float((z - z0).norm() / z0.norm()), rel=1e-12)
+    assert len(again) == len(traj)
