@@ -93,3 +93,21 @@ def test_the_ensemble_figure_with_one_seed_per_point_is_a_clear_error(runs, tmp_
         (one_seed / path.name).write_bytes(path.read_bytes())
     with pytest.raises(GflowError, match="at least two seeds per point"):
         plot(one_seed, "ensemble", tmp_path / "e.png")
+
+
+def test_weight_scaling_recovers_the_lazy_slope_with_an_offset_per_width():
+    import numpy as np
+    import pandas as pd
+
+    from gflow.timescales import weight_scaling
+
+    rows = []
+    for width, offset in ((25, 2.0), (100, 1.0)):
+        for alpha in (10.0, 100.0, 1000.0):
+            scale = np.sqrt(width) * alpha
+            rows.append({"status": "finished", "width": width, "alpha": alpha,
+                         "weight_change": offset * scale**-1.0 / np.sqrt(width)})
+    fit = weight_scaling(pd.DataFrame(rows))
+    assert fit["exponent"] == pytest.approx(-1.0) and fit["runs"] == 5  # h = 25, alpha = 10 is below 100
+    with pytest.raises(GflowError, match="two or more values"):
+        weight_scaling(pd.DataFrame(rows[:1]))
