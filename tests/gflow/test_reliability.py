@@ -73,7 +73,8 @@ def test_non_finite_values_fail_the_run_and_record_the_offending_step(tmp_path):
 
 # ---- real processes ---------------------------------------------------------------
 
-ARGS = ["--ptr", "200", "--width", "64", "--t-end", "1e6", "--saves", "400", "--save-t-min", "0.01"]
+ARGS = ["--ptr", "200", "--width", "64", "--t-end", "1e6", "--saves", "400", "--save-t-min", "0.01",
+        "--solver", "gradient-ratio"]  # the paper's small steps: a run that lasts
 
 
 def _start(out, *extra):
