@@ -314,28 +314,6 @@ class Linearized:
     def apply(self, parts: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return self(parts[0], x)
 
-    def hidden(self, w: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The hidden representations at parameters ``w``: the outputs of every submodule
-        that holds trainable parameters of its own (a Linear's or a Conv's pre-activations),
-        the readout (the last one) excluded, by module name; the built-in FC network gives
-        its pre-activations directly. Empty when the module has no such submodules."""
-        own = getattr(self.module, "hidden", None)
-        if own is not None:
-            with torch.no_grad():
-                return own(self.parts(w), x)
-        layers = [(name, m) for name, m in self.module.named_modules()
-                  if any(p.requires_grad for p in m.parameters(recurse=False))]
-        seen: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.detach()))
-                 for name, m in layers[:-1]]
-        try:
-            with torch.no_grad():
-                self(w, x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return seen
-
     @property
     def has_tangent_factors(self) -> bool:
         return self.model.has_tangent_factors

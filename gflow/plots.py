@@ -189,6 +189,14 @@ def ensemble_figure(directory: str | Path):
 FORMATS = ("png", "pdf", "svg", "eps", "jpg")
 
 
+def _finished_with(directory: Path, column: str, missing: str) -> pd.DataFrame:
+    """The finished runs whose catalog has ``column``; GflowError ``missing`` when none has."""
+    table = _finished(catalog(directory)).dropna(subset=[column])
+    if table.empty:
+        raise GflowError(missing)
+    return table
+
+
 def _per_run(directory: Path, table: pd.DataFrame, draw: Callable, axes) -> None:
     """Call ``draw(axes, traj, colour)`` for each run, coloured by log10 sqrt(h) alpha
     (colour bar), and add the colour bar."""
@@ -208,9 +216,7 @@ def alignment_figure(directory: str | Path):
     sqrt(h) alpha: the kernel-target alignment A(t) = y^T Theta y / (||Theta||_F ||y||^2)
     and the kernel's effective rank, against t (log)."""
     directory = Path(directory)
-    table = _finished(catalog(directory)).dropna(subset=["kernel_alignment"])
-    if table.empty:
-        raise GflowError("no run has kernel snapshots: run with kernel_n > 0")
+    table = _finished_with(directory, "kernel_alignment", "no run has kernel snapshots: run with kernel_n > 0")
     fig, axes = _figure(2)
 
     def draw(axes, traj, colour):
@@ -233,9 +239,7 @@ def sharpness_figure(directory: str | Path):
     """The top eigenvalue of the loss Hessian (sharpness) along each run, log-log, one line
     per run coloured by sqrt(h) alpha; beside it, the same against t / (sqrt(h) alpha)."""
     directory = Path(directory)
-    table = _finished(catalog(directory)).dropna(subset=["sharpness"])
-    if table.empty:
-        raise GflowError("no run has a Hessian spectrum: run with hessian_k > 0")
+    table = _finished_with(directory, "sharpness", "no run has a Hessian spectrum: run with hessian_k > 0")
     fig, axes = _figure(2)
 
     def draw(axes, traj, colour):

@@ -152,3 +152,10 @@ def test_a_run_with_kernel_snapshots_stores_the_representation_change_a_recomput
     z = flow.model.hidden(flow.weights(traj.state(-1)), x)["weights.1"]
     assert stored["weights.1"].iloc[-1] == pytest.approx(float((z - z0).norm() / z0.norm()), rel=1e-12)
     assert len(again) == len(traj)
+
+
+def test_a_linearized_run_stores_no_representation_change_and_says_why_it_has_none(tmp_path):
+    traj = gflow.run(TINY.replace(linearized=True, kernel_n=10), tmp_path / "lin.h5", progress=False)
+    assert traj.status == "finished" and not traj.has("saves/representation_change")
+    with pytest.raises(GflowError, match="not for a linearized run"):
+        traj.representation_change(n=10)
