@@ -66,7 +66,7 @@ def _row(path: Path, eps: float) -> dict[str, Any]:
     times, change = traj.stored_kernel_change()
     if len(change):
         row.update(kernel_change=float(change[-1]), t1_kernel=first_crossing(times, change, eps))
-        last = traj.kernel_signatures(top=1).iloc[-1]
+        last = traj.kernel_signatures(top=1, last=True).iloc[-1]
         row.update(kernel_alignment=float(last["alignment"]), kernel_rank=float(last["effective_rank"]))
     stored = traj.stored_states
     if len(stored) and stored[-1] == len(traj) - 1:  # the last save's state: every finished run has it

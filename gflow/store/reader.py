@@ -152,18 +152,24 @@ class TrajectoryFile:
             raise GflowError(f"{self.path}: no Hessian spectrum stored (run with hessian_k > 0, --hessian-k K)")
         return self.read("saves/hessian_products")
 
-    def kernel_snapshots(self) -> tuple[np.ndarray, np.ndarray]:
+    def kernel_snapshots(self, last: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(times, kernels): t = 0 and every snapshot the run took, kernels of shape
-        (snapshots, K, K) (K = kernel_n, times k for the full kernel of k outputs)."""
+        (snapshots, K, K) (K = kernel_n, times k for the full kernel of k outputs); with
+        ``last``, only the latest (one kernel read, not all of them)."""
         if not self.has("kernel/t"):
             raise GflowError(f"{self.path}: no kernel snapshots stored (run with kernel_n > 0, --kernel-n K)")
-        times, thetas = self.read("kernel/t"), self.read("kernel/theta")
+        times = self.read("kernel/t")
+        if last and len(times):
+            with self._file() as f:
+                return times[-1:], f["kernel/theta"][len(times) - 1][None]
+        thetas = self.read("kernel/theta")
         if len(times) and times[0] == 0.0:  # the schedule's first snapshot is the initial kernel
             return times, thetas
         return np.concatenate([[0.0], times]), np.concatenate([self.read("init/theta")[None], thetas])
 
-    def kernel_signatures(self, top: int = 10) -> pd.DataFrame:
-        """Signatures of feature learning at each kernel snapshot (t = 0 first): columns t,
+    def kernel_signatures(self, top: int = 10, last: bool = False) -> pd.DataFrame:
+        """Signatures of feature learning at each kernel snapshot (t = 0 first; with
+        ``last``, the latest only): columns t,
         alignment (kernel-target alignment with the training labels, :func:`gflow.kernels.alignment`),
         effective_rank (:func:`gflow.kernels.effective_rank`), and lambda_1 ... lambda_top,
         the kernel's top eigenvalues."""
@@ -171,7 +177,7 @@ class TrajectoryFile:
 
         from ..kernels import alignment, effective_rank
 
-        times, thetas = self.kernel_snapshots()
+        times, thetas = self.kernel_snapshots(last)
         outputs = int(self.sources.get("model", {}).get("outputs", 1))
         y = torch.from_numpy(self.read("data/y_train")[: int(self.read_attr("kernel", "n"))])
         rows = []
