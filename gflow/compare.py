@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .config import DISCRETE
 from .errors import GflowError
@@ -46,8 +47,6 @@ def compare(path_a: str | Path | Trajectory, path_b: str | Path | Trajectory) ->
     distance = np.sqrt(((f_a - f_b) ** 2).sum(axis=axes) / ((f_b - f0) ** 2).sum(axis=axes))
     loss_a = a.read("saves/train_loss")[rows_a]
     flow_b = b.flow
-    import torch
-
     loss_b = np.array([flow_b.loss(torch.from_numpy(f).to(flow_b.w0), "train") for f in f_b])
     table = pd.DataFrame({"t": times, "distance": distance, "loss_a": loss_a, "loss_b": loss_b,
                           "loss_gap": loss_a - loss_b})

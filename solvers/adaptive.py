@@ -69,8 +69,8 @@ class Adaptive:
             interpolant = dense(ev, new, h) if dense else None
             ev = new
             # A stepper may report what its step measured for free (exponential: a Ritz value).
-            ratios = decision.ratios | diagnostics() if (diagnostics := getattr(self.stepper, "diagnostics", None)) \
-                else decision.ratios
+            diagnostics = getattr(self.stepper, "diagnostics", None)
+            ratios = decision.ratios | diagnostics() if diagnostics else decision.ratios
             stop = on_step(ev, h, rejected, ratios, interpolant, dt)
             if stop:
                 return Segment(ev, dt, stop)
