@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from solvers import (
+    EXPRB43,
+    EXPRB53S3,
     Adaptive,
     Chebyshev,
     Condition,
@@ -89,9 +91,11 @@ def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
     if cfg.solver not in NATIVE_SOLVERS:
         return TorchDiffEq(cfg.solver, rtol=cfg.tolerance, atol=cfg.atol, step_size=cfg.dt, interpolates=dense)
     if cfg.solver == "exponential":
-        # Krylov coefficients to rtol; exprb43's estimate is of its third-order solution.
+        # Krylov coefficients to rtol; the estimate is of the embedded third-order solution.
         # Both measured on digits (a tenth of rtol cost 10% more evaluations for nothing).
-        stepper = ExponentialRosenbrock(krylov_tol=cfg.tolerance)
+        # exprb53s3 (order 5) for gradient flow: 1.3-1.5x fewer evaluations than exprb43 at
+        # errors 1e-5-1e-6; on the momentum flow (complex spectrum) it took 1.2-1.3x more.
+        stepper = ExponentialRosenbrock(krylov_tol=cfg.tolerance, scheme=EXPRB43 if flow.momentum else EXPRB53S3)
         control = LocalError(cfg.tolerance, cfg.atol, estimate=stepper.error_estimate, origin=flow.y0,
                              order=stepper.embedded_order, safety=0.9)
         return Adaptive(stepper, control, dt0=cfg.dt0, interpolates=dense)

@@ -22,7 +22,7 @@ from .controllers import (
 )
 from .dense import Interpolant, hermite, hermite_step
 from .events import Condition, Event, MaxSteps, Progress, Stop, WallClock
-from .exponential import ExponentialRosenbrock
+from .exponential import EXPRB43, EXPRB53S3, ExponentialRosenbrock, Scheme
 from .integrate import Counters, Solution, integrate
 from .method import Method, Segment
 from .observers import Observer, SaveRecord, StepRecord
@@ -44,6 +44,8 @@ __all__ = [
     "Evaluation",
     "Event",
     "ExactMomentum",
+    "EXPRB43",
+    "EXPRB53S3",
     "ExponentialRosenbrock",
     "FixedStep",
     "FunctionProblem",
@@ -57,6 +59,7 @@ __all__ = [
     "Progress",
     "RatioTarget",
     "SaveRecord",
+    "Scheme",
     "Segment",
     "Solution",
     "StepRecord",

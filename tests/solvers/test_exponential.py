@@ -9,6 +9,8 @@ import scipy.linalg
 import torch
 
 from solvers import (
+    EXPRB43,
+    EXPRB53S3,
     Adaptive,
     CountingProblem,
     ExponentialRosenbrock,
@@ -108,28 +110,42 @@ def test_step_is_exact_for_the_damped_oscillator_whose_jacobian_has_complex_eige
     assert float(y[0]) == pytest.approx(oscillator_solution(k, tau, h), abs=1e-7)
 
 
-def test_exprb43_is_fourth_order_on_a_smooth_nonlinear_problem():
-    # y' = -y^3 (autonomous, nonlinear): y(t) = 1 / sqrt(1 + 2 t) from y(0) = 1, per component.
-    problem = FunctionProblem(lambda t, y: -(y**3))
+SCHEMES = pytest.mark.parametrize("scheme", [EXPRB43, EXPRB53S3], ids=lambda s: s.name)
+
+
+def _nonlinear_with_a_linear_part() -> FunctionProblem:
+    a = torch.tensor([[-3.0, 1.0], [0.5, -1.0]], dtype=torch.float64)
+    return FunctionProblem(lambda t, y: a @ y - y**3 + torch.sin(y).flip(0))
+
+
+@SCHEMES
+def test_each_scheme_has_its_order_on_smooth_nonlinear_problems(scheme):
+    # y' = -y^3: y(t) = 1 / sqrt(1 + 2 t y0^2); and a non-normal linear part with coupled
+    # nonlinear terms against a reference from the same stepper at 1/32 of the step.
     y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
-    exact = y0 / torch.sqrt(1 + 2 * y0**2 * 2.0)
-    errors = []
-    for n in (8, 16, 32, 64):
-        method = Adaptive(ExponentialRosenbrock(krylov_tol=1e-12), FixedStep(2.0 / n), dt0=2.0 / n)
-        errors.append(float((integrate(problem, y0, (0.0, 2.0), method).y - exact).abs().max()))
-    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
-    assert all(3.8 < p < 4.4 for p in orders), (errors, orders)
+
+    def solve(problem, n, stepper_scheme):
+        method = Adaptive(ExponentialRosenbrock(krylov_tol=1e-14, scheme=stepper_scheme), FixedStep(2.0 / n), dt0=2.0 / n)
+        return integrate(problem, y0, (0.0, 2.0), method).y
+
+    cubic = FunctionProblem(lambda t, y: -(y**3))
+    mixed = _nonlinear_with_a_linear_part()
+    for problem, exact in [(cubic, y0 / torch.sqrt(1 + 2 * y0**2 * 2.0)), (mixed, solve(mixed, 2048, EXPRB53S3))]:
+        errors = [float((solve(problem, n, scheme) - exact).abs().max()) for n in (16, 32, 64)]
+        orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+        assert all(scheme.order - 0.2 < p < scheme.order + 0.6 for p in orders), (errors, orders)
 
 
-def test_error_estimate_is_the_third_order_solutions_local_error():
-    # The estimate 12 h phi_4 (D_3 - 4 D_2) is y_{n+1} minus the embedded third-order
-    # solution: it shrinks like h^4 and tracks that solution's true local error.
+@SCHEMES
+def test_error_estimate_is_the_third_order_solutions_local_error(scheme):
+    # The estimate, y_{n+1} minus the embedded third-order solution, shrinks like h^4 and
+    # tracks that solution's true local error.
     problem = CountingProblem(FunctionProblem(lambda t, y: -(y**3)))
     y0 = torch.tensor([1.0], dtype=torch.float64)
     ev = problem.evaluate(0.0, y0)
     ratios, sizes = [], []
     for h in (0.02, 0.01):
-        stepper = ExponentialRosenbrock(krylov_tol=1e-12)
+        stepper = ExponentialRosenbrock(krylov_tol=1e-12, scheme=scheme)
         y = stepper.step(ev, h, problem)
         est = float(stepper.error_estimate(ev, problem.evaluate(h, y), h))
         true_embedded_error = float(y) - est - 1 / math.sqrt(1 + 2 * h)
@@ -137,6 +153,19 @@ def test_error_estimate_is_the_third_order_solutions_local_error():
         sizes.append(abs(est))
     assert all(r == pytest.approx(1.0, rel=0.1) for r in ratios), ratios
     assert math.log2(sizes[0] / sizes[1]) == pytest.approx(4.0, abs=0.2), sizes
+
+
+def test_the_schemes_weights_solve_the_stiff_order_conditions_3_and_4():
+    # sum_i b_i c_i^2 = 2 phi_3 and sum_i b_i c_i^3 = 6 phi_4, with b_i = alpha_i phi_3 + beta_i phi_4,
+    # and the published weights: exprb43 (16 phi_3 - 48 phi_4, -2 phi_3 + 12 phi_4), exprb53s3
+    # (18 phi_3 - 60 phi_4, -250/81 phi_3 + 500/27 phi_4).
+    for scheme, published in [(EXPRB43, ([16, -2], [-48, 12])), (EXPRB53S3, ([18, -250 / 81], [-60, 500 / 27]))]:
+        alpha, beta = scheme.weights()
+        c = np.array([scheme.c2, scheme.c3])
+        np.testing.assert_allclose([alpha @ c**2, beta @ c**2, alpha @ c**3, beta @ c**3], [2, 0, 0, 6], atol=1e-12)
+        np.testing.assert_allclose(alpha, published[0], rtol=1e-12)
+        np.testing.assert_allclose(beta, published[1], rtol=1e-12)
+        assert np.dot(scheme.embedded, c**2) == pytest.approx(2.0)
 
 
 def test_stiff_nonlinear_flow_converges_to_an_implicit_reference_at_a_fraction_of_eulers_cost():
