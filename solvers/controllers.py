@@ -211,7 +211,7 @@ class LocalError:
 
     The step is accepted when err <= 1; the next dt is h * safety err^{-1/(order + 1)} (the
     estimate measures the local error of a solution of ``order``, ~ h^(order + 1): 2 for
-    :func:`hermite_error`, 3 for exprb43's embedded solution), kept within
+    :func:`hermite_error`, 3 for the exponential schemes' embedded solutions), kept within
     [h / 10, h * max_factor] and not grown after a rejection.
     """
 

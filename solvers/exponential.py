@@ -1,35 +1,47 @@
-"""An exponential Rosenbrock stepper: exact for the linearised flow, fourth order overall.
+"""Exponential Rosenbrock steppers: exact for the linearised flow, order 4 or 5 overall.
 
 Linearising dy/dt = F(y) at y_n with its Jacobian J = dF/dy(y_n) and integrating the linear
 part exactly gives the exponential Rosenbrock methods of Hochbruck, Ostermann and
 Schweitzer, "Exponential Rosenbrock-type methods", SIAM J. Numer. Anal. 47 (2009) 786-803.
-This is their exprb43 (order 4, with an embedded order-3 solution), with the nonlinear
-remainders D_i = F(U_i) - F(y_n) - J (U_i - y_n):
+Two three-stage schemes (:class:`Scheme`) with the nonlinear remainders
+D_i = F(U_i) - F(y_n) - J (U_i - y_n):
 
-    U_2     = y_n + (h/2) phi_1(h J / 2) F(y_n)
-    U_3     = y_n + h phi_1(h J) F(y_n) + h phi_1(h J) D_2
-    y_{n+1} = y_n + h phi_1(h J) F(y_n) + h (16 phi_3 - 48 phi_4)(h J) D_2 + h (-2 phi_3 + 12 phi_4)(h J) D_3
+* exprb43 (their order-4 scheme, with an embedded order-3 solution):
 
-The embedded third-order solution has 16 phi_3 D_2 - 2 phi_3 D_3 in the last terms, so the
-error estimate is y_{n+1} - y^_{n+1} = 12 h phi_4(h J) (D_3 - 4 D_2). On a gradient flow,
-J = -H is stiff (a few curvature outliers far above a bulk near zero), and no stiffness
-limits h: a linear flow is integrated exactly at any h, so h follows the accuracy asked for.
+      U_2     = y_n + (h/2) phi_1(h J / 2) F(y_n)
+      U_3     = y_n + h phi_1(h J) F(y_n) + h phi_1(h J) D_2
+      y_{n+1} = y_n + h phi_1(h J) F(y_n) + h (16 phi_3 - 48 phi_4)(h J) D_2 + h (-2 phi_3 + 12 phi_4)(h J) D_3
+
+  the embedded solution has 16 phi_3 D_2 - 2 phi_3 D_3 in the last terms, so the error
+  estimate is 12 h phi_4(h J) (D_3 - 4 D_2);
+* exprb53s3 (Luan and Ostermann, J. Comput. Appl. Math. 255 (2014) 417-431; order 5):
+
+      U_2     = y_n + (h/2) phi_1(h J / 2) F(y_n)
+      U_3     = y_n + (9h/10) phi_1(9 h J / 10) F(y_n) + h (27/25 phi_3(h J / 2) + 729/125 phi_3(9 h J / 10)) D_2
+      y_{n+1} = y_n + h phi_1(h J) F(y_n) + h (18 phi_3 - 60 phi_4)(h J) D_2 + h (-250/81 phi_3 + 500/27 phi_4)(h J) D_3
+
+  with the embedded third-order solution h phi_3(h J) (2 D_2 + 150/81 D_3) in the last terms.
+
+On a gradient flow, J = -H is stiff (a few curvature outliers far above a bulk near zero),
+and no stiffness limits h: a linear flow is integrated exactly at any h, so h follows the
+accuracy asked for.
 
 The phi functions act through one Krylov space of J built from F(y_n)
 (:class:`~solvers.krylov.JacobianKrylov`; m Jacobian products by finite differences, m
 grown until the Krylov coefficients of h phi_1(h J) F(y_n) change by less than
-``krylov_tol`` of their size). A remainder D_i acts through its projection on that space,
-and phi_k(0) = 1/k! on the rest (the directions the space missed are those where h J is
-small); in U_3, J is applied to the projected part only (the Arnoldi relation: no
-evaluation), which saved one evaluation per step at no loss of accuracy on the digits
-problems (measured: 1312 evaluations at error 1.2e-5 against 1450 at 1.0e-5 with the
-missing product taken). A step costs m products, the evaluations at U_2 and U_3, and the
-one at y_{n+1} (the next step's start): m + 3. A rejected step retries from the same y_n
-and reuses the Krylov space. The scheme treats F as autonomous; gradient and momentum
-flows are.
+``krylov_tol`` of their size; phi_1(c h J) F for c < 1 lives in the same space). A
+remainder D_i acts through its projection on that space, and phi_k(0) = 1/k! on the rest
+(the directions the space missed are those where h J is small); in U_3, J is applied to
+the projected part only (the Arnoldi relation: no evaluation), which saved one evaluation
+per step at no loss of accuracy on the digits problems (measured with exprb43: 1312
+evaluations at error 1.2e-5 against 1450 at 1.0e-5 with the missing product taken). A
+step of either scheme costs m products, the evaluations at U_2 and U_3, and the one at
+y_{n+1} (the next step's start): m + 3. A rejected step retries from the same y_n and
+reuses the Krylov space. The schemes treat F as autonomous; gradient and momentum flows are.
 
-Measured on the digits problem at alpha = 1 (t = 10^4), against the third-order exprb32
-this replaces: 1.2x fewer evaluations at error 1e-4, 1.7x at 1e-5.
+Measured on the digits problems (t = 10^4, gradient flow): exprb53s3 needs 1.3-1.5x fewer
+evaluations than exprb43 at errors of f(T) of 1e-5-1e-6 at alpha = 1e-2, 1, 1e2; on the
+momentum flow (complex eigenvalues) it needed 1.2-1.3x more, so gflow keeps exprb43 there.
 """
 
 from __future__ import annotations

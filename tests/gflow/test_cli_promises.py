@@ -136,7 +136,7 @@ def test_a_closed_pipe_ends_quietly(finished):
 def test_the_summary_shows_the_settings_the_method_uses(tmp_path, capsys):
     code, out, _ = _cli(capsys, "run", *FAST, "--solver", "exponential", "--rtol", "1e-3", "--atol", "1e-6",
                         "--out", str(tmp_path / "e.h5"))
-    assert code == 0 and "solver       exponential rtol=0.001 atol=1e-06\n" in out and "max_dgrad" not in out
+    assert code == 0 and "solver       exponential scheme=exprb53s3 rtol=0.001 atol=1e-06\n" in out and "max_dgrad" not in out
     code, out, _ = _cli(capsys, "run", *FAST, "--solver", "momentum", "--out", str(tmp_path / "m.h5"))
     assert "solver       momentum tau=1 controller=paper max_dgrad=0.0001 max_dout=0.1\n" in out and "rtol" not in out
 
