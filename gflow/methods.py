@@ -72,15 +72,19 @@ def check_available(cfg: RunConfig) -> None:
         raise ConfigError("solver", cfg.solver, str(e)) from None
 
 
+TIGHT = 1e-3  # the exponential method's tight-tolerance setting starts at this rtol
+
+
 def exponential_scheme(cfg: RunConfig) -> Scheme:
     """The exponential Rosenbrock scheme of ``--solver exponential``: exprb53s3 (order 5) for
     gradient flow at rtol <= 1e-3, measured 1.2-1.7x fewer evaluations than exprb43 at
-    errors of f(T) of 1e-5-1e-6 on the digits problems; exprb43 (order 4) at looser rtol,
-    where exprb53s3's long steps went wrong unnoticed by its error estimate (relative
+    errors of f(T) of 1e-5-1e-6 on the digits problems (with exprb43 on the steps where
+    h rho > 150, see :class:`~solvers.ExponentialRosenbrock`); exprb43 (order 4) at looser
+    rtol, where exprb53s3's long steps went wrong unnoticed by its error estimate (relative
     error of f(T) 5e-2 at rtol 1e-2 and alpha = 1, 0.17 at rtol 1e-1 and alpha = 1e-2,
     against exprb43's 2.5e-4 and 4.1e-3), and on the momentum flow, where exprb53s3 (the
     Jacobian has complex eigenvalues) needed 1.2-1.3x more evaluations."""
-    return EXPRB53S3 if not cfg.momentum and cfg.tolerance <= 1e-3 else EXPRB43
+    return EXPRB53S3 if not cfg.momentum and cfg.tolerance <= TIGHT else EXPRB43
 
 
 def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
@@ -105,9 +109,14 @@ def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
     if cfg.solver == "exponential":
         # Krylov coefficients to rtol; the estimate is of the embedded third-order solution.
         # Both measured on digits (a tenth of rtol cost 10% more evaluations for nothing).
-        stepper = ExponentialRosenbrock(krylov_tol=cfg.tolerance, scheme=exponential_scheme(cfg))
+        scheme = exponential_scheme(cfg)
+        stepper = ExponentialRosenbrock(krylov_tol=cfg.tolerance, scheme=scheme,
+                                        stiff_scheme=EXPRB43 if scheme is EXPRB53S3 else None)
+        # Safety 0.8 at rtol <= 1e-3: fewer evaluations (or within 1%) at equal error of f(T) than
+        # 0.9 on all four digits problems from 1e-4 to 1e-6; 0.9 above, where 0.8 cost
+        # exprb43 up to 1.6x more (alpha 1e2, rtol 1e-1; docs/SOLVERS.md has the numbers).
         control = LocalError(cfg.tolerance, cfg.atol, estimate=stepper.error_estimate, origin=flow.y0,
-                             order=stepper.embedded_order, safety=0.9)
+                             order=stepper.embedded_order, safety=0.8 if cfg.tolerance <= TIGHT else 0.9)
         return Adaptive(stepper, control, dt0=cfg.dt0, interpolates=dense)
     if cfg.solver == "chebyshev":
         return Adaptive(Chebyshev(seed=cfg.seed), LocalError(cfg.tolerance, cfg.atol, origin=flow.y0), dt0=cfg.dt0,

@@ -155,6 +155,25 @@ def test_error_estimate_is_the_third_order_solutions_local_error(scheme):
     assert math.log2(sizes[0] / sizes[1]) == pytest.approx(4.0, abs=0.2), sizes
 
 
+def test_a_step_beyond_the_stiff_limit_is_taken_with_the_stiff_scheme():
+    # h rho, rho the largest |Ritz value| of the step's space, decides: here rho ~ 1e2.
+    a = _symmetric(-torch.logspace(-2, 2, 12, dtype=torch.float64), seed=2)
+    problem = CountingProblem(FunctionProblem(lambda t, y: a @ y - 0.1 * y**3))
+    ev = problem.evaluate(0.0, torch.linspace(-1, 1, 12, dtype=torch.float64))
+
+    def step(h, **kwargs):
+        stepper = ExponentialRosenbrock(krylov_tol=1e-10, **kwargs)
+        y = stepper.step(ev, h, problem)
+        end, _ = stepper.interpolant(ev, problem.evaluate(h, y), h)(h)
+        return y, end
+
+    for h, expected in [(0.5, EXPRB53S3), (5.0, EXPRB43)]:  # h rho ~ 50 and ~ 500
+        y, end = step(h, scheme=EXPRB53S3, stiff_scheme=EXPRB43, stiff_limit=150.0)
+        alone, _ = step(h, scheme=expected)
+        assert torch.allclose(y, alone, rtol=0, atol=1e-14), h
+        assert torch.allclose(end, y, rtol=0, atol=1e-12), h  # the dense output is that scheme's too
+
+
 def test_the_schemes_weights_solve_the_stiff_order_conditions_3_and_4():
     # sum_i b_i c_i^2 = 2 phi_3 and sum_i b_i c_i^3 = 6 phi_4, with b_i = alpha_i phi_3 + beta_i phi_4,
     # and the published weights: exprb43 (16 phi_3 - 48 phi_4, -2 phi_3 + 12 phi_4), exprb53s3
@@ -229,7 +248,7 @@ def test_a_state_at_rest_stays_there_at_no_cost():
     assert torch.equal(stepper.step(ev, 5.0, problem), ev.y) and problem.count == 1
 
 
-@pytest.mark.parametrize("bad", [dict(krylov_tol=0.0), dict(max_krylov=0)])
+@pytest.mark.parametrize("bad", [dict(krylov_tol=0.0), dict(max_krylov=0), dict(stiff_limit=0.0)])
 def test_invalid_settings_are_rejected_with_their_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         ExponentialRosenbrock(**bad)
