@@ -32,16 +32,21 @@ def test_interpolating_methods_take_the_same_steps_with_thirty_saves_as_with_one
 @pytest.mark.parametrize("solver", ["exponential", "chebyshev", "dopri5"])
 def test_interpolated_saves_are_as_accurate_as_the_steps_ends(tmp_path, solver):
     """Against a tight reference at every save time: the error of the interpolated saves
-    stays below the error the same method makes when it cuts its steps to land on them."""
+    stays below the error the same method makes when it cuts its steps to land on them.
+    The last save, t_end, is a step end in both runs (not interpolated): it only has to
+    be accurate (the two runs take different steps, and exprb53s3's error at a given rtol
+    depends more on its step sequence than exprb43's: 3.9e-4 there against 4.5e-5)."""
     exact = _flow_outputs_at_saves(SMALL, tmp_path)
     scale = np.linalg.norm(exact[-1] - exact[0])
-    errors = {}
+    errors, ends = {}, {}
     for interpolate in (True, False):
         cfg = SMALL.replace(solver=solver, rtol=1e-4, atol=1e-7, interpolate=interpolate)
         traj = gflow.run(cfg, tmp_path / f"{interpolate}.h5", progress=False)
         assert len(traj) == len(exact)
-        errors[interpolate] = max(np.linalg.norm(traj.outputs(i) - exact[i]) / scale for i in range(len(traj)))
+        relative = [np.linalg.norm(traj.outputs(i) - exact[i]) / scale for i in range(len(traj))]
+        errors[interpolate], ends[interpolate] = max(relative[:-1]), relative[-1]
     assert errors[True] <= 2 * errors[False] and errors[True] < 1e-3, errors
+    assert max(ends.values()) < 1e-3, ends
 
 
 def test_an_interpolated_save_stores_what_a_fresh_evaluation_gives_at_its_state(tmp_path):
