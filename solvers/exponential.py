@@ -147,15 +147,12 @@ class ExponentialRosenbrock:
 
     def _coefficients(self, space: JacobianKrylov, h: float) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates of h phi_1(h J) F in V_m, m grown until converged; and their last change."""
-        def coefficients(m: int) -> np.ndarray:
-            return h * phi_vectors(h * space.square(m), self._e1(space, m), 1)[:, 0]
-
         if space.dim == 0 and not space.extend():
             return np.zeros(0), np.zeros(0)  # F(y_n) = 0
-        coef = coefficients(space.dim)
-        change = coef - np.append(coefficients(space.dim - 1), 0.0) if space.dim > 1 else coef
+        coef = self._flux(space, h)
+        change = coef - np.append(self._flux(space, h, space.dim - 1), 0.0) if space.dim > 1 else coef
         while np.linalg.norm(change) > self.krylov_tol * np.linalg.norm(coef) and space.extend():
-            previous, coef = coef, coefficients(space.dim)
+            previous, coef = coef, self._flux(space, h)
             change = coef - np.append(previous, 0.0)
         return coef, (np.zeros_like(coef) if space.exhausted else change)
 
@@ -166,10 +163,15 @@ class ExponentialRosenbrock:
         e1[0] = space.norm_b
         return e1
 
-    def _flux(self, space: JacobianKrylov, s: float) -> np.ndarray:
-        """Coordinates of s phi_1(s J) F."""
-        m = space.dim
+    def _flux(self, space: JacobianKrylov, s: float, m: int | None = None) -> np.ndarray:
+        """Coordinates of s phi_1(s J) F in the first m (default: all) basis vectors."""
+        m = space.dim if m is None else m
         return s * phi_vectors(s * space.square(m), self._e1(space, m), 1)[:, 0]
+
+    @staticmethod
+    def _ritz(space: JacobianKrylov) -> np.ndarray:
+        """The eigenvalues of the Arnoldi matrix H_m: the space's Ritz values of J."""
+        return np.linalg.eigvals(space.square(space.dim))
 
     def step(self, ev: Evaluation, dt: float, problem: CountingProblem) -> torch.Tensor:
         if self._space is None or self._space.ev is not ev:  # a retry keeps its space
@@ -183,7 +185,7 @@ class ExponentialRosenbrock:
             return ev.y.clone()
         h, scheme = dt, self.scheme
         if self.stiff_scheme is not None:
-            rho = float(np.abs(np.linalg.eigvals(space.square(space.dim))).max())
+            rho = float(np.abs(self._ritz(space)).max())
             if h * rho > self.stiff_limit:
                 scheme = self.stiff_scheme
 
@@ -219,7 +221,7 @@ class ExponentialRosenbrock:
         space = self._space
         if space is None or space.dim == 0:
             return {"ritz_max": float("nan")}
-        return {"ritz_max": float(np.max(-np.linalg.eigvals(space.square(space.dim)).real))}
+        return {"ritz_max": float(np.max(-self._ritz(space).real))}
 
     def error_estimate(self, before: Evaluation, after: Evaluation, h: float) -> torch.Tensor:
         """The local error estimate of the step just taken from ``before`` with size h:
@@ -248,16 +250,16 @@ class ExponentialRosenbrock:
             return lambda t: (ev.y, ev.dydt)
         square = space.square(space.dim)
         e1 = self._e1(space, space.dim)
+        (a2, a3), (b2, b3) = scheme.weights()
 
         def at(t: float) -> tuple[torch.Tensor, torch.Tensor]:
             s = t - ev.t
             if s <= 0:
                 return ev.y, ev.dydt
             theta = s / dt
-            phi_f = s * phi_vectors(s * square, e1, 1)[:, 0]  # s phi_1(sH) ||F|| e1
+            phi_f = self._flux(space, s)  # s phi_1(sH) ||F|| e1
             exp_f = e1 + square @ phi_f  # e^{sH} = I + sH phi_1(sH)
             (p2, o2), (p3, o3) = d2.phis(s), d3.phis(s)
-            (a2, a3), (b2, b3) = scheme.weights()
             o2k, o3k = [o2 / f for f in _FACTORIALS], [o3 / f for f in _FACTORIALS]
             y = ev.y + space.combine(phi_f) + s * theta**2 * (
                 space.combine(a2 * p2[:, 2] + theta * b2 * p2[:, 3] + a3 * p3[:, 2] + theta * b3 * p3[:, 3])
