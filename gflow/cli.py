@@ -70,7 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import resume, run
 
     if args.resume:
-        traj = resume(args.resume, max_steps=args.max_steps, max_wall=args.max_wall, progress=None)
+        traj = resume(args.resume, max_steps=args.max_steps, max_wall=args.max_wall, progress=None,
+                      trust_code=args.trust_code)
     else:
         traj = run(config_from_args(args), args.out, overwrite=args.overwrite, progress=None)
     print(format_summary(traj))
@@ -178,7 +179,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_t1(args: argparse.Namespace) -> int:
     from .timescales import t1_table
 
-    table = t1_table(args.files, eps=args.eps)
+    table = t1_table(args.files, eps=args.eps, trust_code=args.trust_code)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
@@ -186,7 +187,7 @@ def _cmd_t1(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
-    table = compare(args.a, args.b)
+    table = compare(args.a, args.b, trust_code=args.trust_code)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     else:
@@ -254,6 +255,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="import and call the model factory, data loader or loss that a file's config names (code "
+                        "chosen by whoever made the file: only for files you trust); built-in networks need no opt-in")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gflow", description="Neural-network training as an ODE, integrated accurately.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -264,6 +271,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE; "
                    "--max-steps and --max-wall set new budgets, other flags are ignored")
+    _add_trust_flag(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)
 
@@ -285,6 +293,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("t1", help="time scale t1 at which each run leaves the tangent space")
     p.add_argument("files", nargs="+")
     p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
+    _add_trust_flag(p)
     p.set_defaults(func=_cmd_t1)
 
     p = sub.add_parser("compare", help="two runs on one time axis: distance between their learned functions, "
@@ -292,6 +301,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="trajectory file read at its own save times")
     p.add_argument("b", help="trajectory file read at a's save times (replayed between its saves)")
     p.add_argument("--format", choices=["table", "csv"], default="table")
+    _add_trust_flag(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("sweep", help="run a grid of runs (a sweep TOML file) into a directory; re-run to finish it")

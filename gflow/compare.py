@@ -27,11 +27,17 @@ from .errors import GflowError
 from .trajectory import Trajectory, open_trajectory
 
 
-def compare(path_a: str | Path | Trajectory, path_b: str | Path | Trajectory) -> pd.DataFrame:
+def compare(path_a: str | Path | Trajectory, path_b: str | Path | Trajectory, *,
+            trust_code: bool = False) -> pd.DataFrame:
     """A table with columns t, distance, loss_a, loss_b, loss_gap, and where stored
     lambda_max_a / lambda_max_b and lr_lambda_max_a / lr_lambda_max_b (see the module
-    docstring). The two runs must start from the same network and data."""
-    a, b = (p if isinstance(p, Trajectory) else open_trajectory(p) for p in (path_a, path_b))
+    docstring). The two runs must start from the same network and data. The second run's
+    network is rebuilt (to replay between its saves): a run made with factory or loss
+    references needs ``trust_code=True`` for that (see :func:`gflow.open`)."""
+    a, b = (p if isinstance(p, Trajectory) else open_trajectory(p, trust_code=trust_code) for p in (path_a, path_b))
+    for traj in (a, b):
+        if not len(traj):
+            raise GflowError(f"{traj.path}: no saves yet: nothing to compare")
     f0 = a.read("init/f0_train")
     if a.read("init/w0").shape != b.read("init/w0").shape or not np.array_equal(f0, b.read("init/f0_train")):
         raise GflowError(f"{a.path} and {b.path} do not start from the same network and data: "

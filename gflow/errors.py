@@ -17,6 +17,11 @@ class FileFormatError(GflowError):
     """A file is not a trajectory this version of gflow can read."""
 
 
+class UntrustedCode(GflowError):
+    """A file names user code (a model factory, data loader or loss reference) and the
+    caller did not say it trusts the file's code (``trust_code=True``, ``--trust-code``)."""
+
+
 class RunBusy(GflowError):
     """Another live process is writing this run (its lock is held, or it created the file first)."""
 

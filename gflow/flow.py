@@ -11,6 +11,7 @@ references) or from the caller as Python objects: :func:`build`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +26,7 @@ from .data import Dataset, from_arrays, from_loader, load, with_labels_for
 from .errors import ConfigError, GflowError
 from .losses import Loss, check_task, classification_error, get_loss
 from .models import FlatModel, Linearized, build_model, prepare
-from .references import call, qualified_name, resolve
+from .references import call, check_trusted, qualified_name, resolve
 
 
 class GradientFlow:
@@ -152,12 +153,13 @@ def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
 DataArg = Any  # (x_train, y_train[, x_test, y_test]) as tensors or arrays
 
 
-def _data(cfg: RunConfig, data: DataArg | None, dtype: torch.dtype, device: torch.device) -> tuple[Dataset, dict]:
+def _data(cfg: RunConfig, data: DataArg | None, dtype: torch.dtype, device: torch.device,
+          gate: dict[str, Any]) -> tuple[Dataset, dict]:
     if data is not None:
         return from_arrays(*from_loader(data, "data argument"), dtype=dtype, device=device), {"source": "arrays"}
     if cfg.data is not None:
         with default_dtype(dtype):
-            returned = call("data", cfg.data, cfg.data_args)
+            returned = call("data", cfg.data, cfg.data_args, **gate)
         arrays = from_arrays(*from_loader(returned, cfg.data), dtype=dtype, device=device)
         return arrays, {"source": "loader", "reference": cfg.data, "args": cfg.data_args}
     return load(cfg, dtype=dtype, device=device), {"source": "builtin", "dataset": cfg.dataset}
@@ -175,7 +177,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.dtype,
-           device: torch.device) -> tuple[FlatModel, dict]:
+           device: torch.device, gate: dict[str, Any]) -> tuple[FlatModel, dict]:
     if model is not None:
         return prepare(model, dtype, device), {"source": "object"}
     if cfg.model is not None:
@@ -184,7 +186,7 @@ def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.
         # same w0 in any process, whatever default the caller had set).
         torch.manual_seed(cfg.seed)
         with default_dtype(dtype):
-            module = call("model", cfg.model, cfg.model_args)
+            module = call("model", cfg.model, cfg.model_args, **gate)
         return prepare(module, dtype, device, cfg.model), {"source": "factory", "reference": cfg.model,
                                                            "args": cfg.model_args}
     if data.x_train.dim() != 2:
@@ -195,12 +197,12 @@ def _model(cfg: RunConfig, model: nn.Module | None, data: Dataset, dtype: torch.
     return built, {"source": "builtin", "arch": cfg.arch}
 
 
-def _loss(cfg: RunConfig, loss: Loss | str | None) -> tuple[Loss, dict]:
+def _loss(cfg: RunConfig, loss: Loss | str | None, gate: dict[str, Any]) -> tuple[Loss, dict]:
     if loss is None:
         loss = cfg.loss
     if isinstance(loss, str):
         if ":" in loss:
-            return resolve("loss", loss), {"source": "reference", "reference": loss, "name": loss}
+            return resolve("loss", loss, **gate), {"source": "reference", "reference": loss, "name": loss}
         return get_loss(loss, cfg.beta), {"source": "builtin", "name": loss}
     if not callable(loss):
         raise ConfigError("loss", loss, "must be a loss name or a callable loss(a, y) -> per-sample losses")
@@ -226,7 +228,8 @@ def _check_loss(flow: GradientFlow, name: str | None) -> None:
 
 
 def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | None = None,
-          loss: Loss | str | None = None) -> GradientFlow:
+          loss: Loss | str | None = None, file: str | os.PathLike[str] | None = None,
+          trust_code: bool = False) -> GradientFlow:
     """The gradient-flow problem of a run: data, network at initialisation, loss.
 
     Each of the three comes, in this order of precedence, from the argument (a
@@ -235,14 +238,25 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
     ``loss(a, y) -> per-sample losses`` on a = alpha (f - f0)), from the config's reference
     (``model``/``data``/``loss`` = "package.module:function" with ``*_args``), or from the
     built-in fields. A module is copied, never changed; it runs in eval mode.
+
+    ``file``: the trajectory file ``cfg`` was read from. Its model, data and loss
+    references are then code named by a file, imported and called only with
+    ``trust_code=True`` (:mod:`gflow.references`); otherwise one UntrustedCode error names
+    the first of them, before any of the three is built. A config of your own (``file``
+    None) needs no opt-in, nor do built-in networks, data and losses.
     """
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", cfg.device, "CUDA is not available on this machine; use cpu")
-    dataset, data_source = _data(cfg, data, dtype, device)
-    flat, model_source = _model(cfg, model, dataset, dtype, device)
-    loss_fn, loss_source = _loss(cfg, loss)
+    gate = {"file": file, "trust_code": trust_code}
+    named = [(field, getattr(cfg, field), getattr(cfg, f"{field}_args", None))
+             for field, given in (("model", model), ("data", data), ("loss", loss))
+             if given is None and getattr(cfg, field) is not None and ":" in getattr(cfg, field)]
+    check_trusted(named, file, trust_code)  # every reference named at once, before anything is built
+    dataset, data_source = _data(cfg, data, dtype, device, gate)
+    flat, model_source = _model(cfg, model, dataset, dtype, device, gate)
+    loss_fn, loss_source = _loss(cfg, loss, gate)
     net: FlatModel | Linearized = Linearized(flat, flat.w0) if cfg.linearized else flat
     if cfg.kernel_n > len(dataset.x_train):
         raise ConfigError("kernel_n", cfg.kernel_n, f"must be <= the {len(dataset.x_train)} training points")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -116,7 +117,7 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     flow = build(cfg, model=model, data=data, loss=loss)
     writer = TrajectoryWriter(out, flow, save_times(cfg), overwrite=overwrite)
     _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)
-    return Trajectory(out, model=model, data=data, loss=loss)
+    return Trajectory(out, model=model, data=data, loss=loss, trust_code=True)  # the caller's own config
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -133,7 +134,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
            loss: Loss | str | None = None, max_steps: int | None = None, max_wall: float | None = None,
-           progress: bool | None = None) -> Trajectory:
+           progress: bool | None = None, trust_code: bool = False) -> Trajectory:
     """Continue a killed (``running``) or ``stopped`` run from its checkpoint (the last
     accepted state on disk: where it stopped, or its last complete save if it was killed):
     state, velocity, step size and counters come from the file. For the gradient-ratio,
@@ -143,21 +144,26 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
     replace the stored budgets (both count the whole run, earlier parts included); None
     keeps them. A run another live process is writing is refused. A run made from Python
     objects needs them again (``model``, ``data``, ``loss``), checked against the file. A
+    run made from factory, loader or loss references rebuilds them from the file's config:
+    code named by the file, imported only with ``trust_code=True`` (``--trust-code``). A
     file a write left short for lack of space is extended to its recorded size first."""
     path = Path(path)
+    if path.is_symlink():  # resuming replaces the file: never a link's target, nor the link by a file
+        raise GflowError(f"{path} is a symbolic link; resume the file itself ({os.path.realpath(path)})")
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file" if not path.exists() else f"{path}: not a file (a trajectory is "
                               "one HDF5 file)")
     lock = RunLock(path)  # before touching the file: no live writer may hold it
     try:
         repair_truncated(path)
-        return _resume(path, lock, model, data, loss, max_steps, max_wall, progress)
+        return _resume(path, lock, {"model": model, "data": data, "loss": loss, "trust_code": trust_code},
+                       max_steps, max_wall, progress)
     finally:
         lock.release()
 
 
-def _resume(path: str | Path, lock: RunLock, model: nn.Module | None, data: DataArg | None, loss: Loss | str | None,
-            max_steps: int | None, max_wall: float | None, progress: bool | None) -> Trajectory:
+def _resume(path: str | Path, lock: RunLock, given: dict, max_steps: int | None, max_wall: float | None,
+            progress: bool | None) -> Trajectory:
     traj = Trajectory(path)
     if traj.status not in ("running", "stopped"):
         raise GflowError(f"{path}: status {traj.status}; only running (killed) or stopped runs can be resumed")
@@ -167,16 +173,16 @@ def _resume(path: str | Path, lock: RunLock, model: nn.Module | None, data: Data
         raise GflowError(f"{path}: saved without states, cannot be resumed")
     budgets = {k: v for k, v in {"max_steps": max_steps, "max_wall": max_wall}.items() if v is not None}
     cfg = traj.config.replace(**budgets)
-    flow = matching_flow(traj, model=model, data=data, loss=loss)
+    flow = matching_flow(traj, **given)
     flow.cfg = cfg  # new budgets only: the ODE is the same, and the file records them
     start = _continuation(traj)
     writer = TrajectoryWriter(path, flow, save_times(cfg), resume=True, lock=lock)
     if start.t >= cfg.t_end:
         writer.finish(Stop("finished", "reached t_end"), None)
-        return Trajectory(path, model=model, data=data, loss=loss)
+        return Trajectory(path, **given)
     times = [t for t in save_times(cfg) if t > start.t]
     _integrate_into(writer, flow, start.state.to(flow.w0), start.t, times, progress, start.dt, start.counters)
-    return Trajectory(path, model=model, data=data, loss=loss)
+    return Trajectory(path, **given)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
         if action == "skip":
             traj = TrajectoryFile(out)
         elif action == "resume":
-            traj = resume(out, progress=False)
+            traj = resume(out, progress=False, trust_code=True)  # _action checked: the sweep's own config
         else:
             if out.exists():
                 _set_aside(out, cfg)

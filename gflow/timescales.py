@@ -17,14 +17,17 @@ from .geometry import check_threshold, first_crossing
 from .trajectory import open_trajectory
 
 
-def t1_table(paths: Sequence[str | Path], eps: float = 0.1) -> pd.DataFrame:
+def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool = False) -> pd.DataFrame:
     """One row per run: file, alpha, width (of gflow's network, or the ``width`` argument of
     a model factory; NaN when there is none), seed, t1 by each estimator (inf: not reached),
-    and the kernel change at the last save."""
+    and the kernel change at the last save. The estimators rebuild the network: runs made
+    with factory references need ``trust_code=True`` (see :func:`gflow.open`)."""
     check_threshold(eps)
     rows = []
     for path in paths:
-        traj = open_trajectory(path)
+        traj = open_trajectory(path, trust_code=trust_code)
+        if not len(traj):
+            raise GflowError(f"{path}: no saves yet: no time scale to measure")
         cfg = traj.config
         # the kernel change is computed once (from the stored states when the run took no
         # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it

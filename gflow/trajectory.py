@@ -45,13 +45,15 @@ _UNREBUILDABLE = {"model": ("object",), "data": ("arrays",), "loss": ("object",)
 
 
 def matching_flow(file: TrajectoryFile, model: nn.Module | None = None, data: DataArg | None = None,
-                  loss: Loss | str | None = None) -> GradientFlow:
+                  loss: Loss | str | None = None, trust_code: bool = False) -> GradientFlow:
     """The run's ODE rebuilt for the stored file, checked against what the file recorded.
 
     Pieces the file cannot rebuild (a model, data or loss given as Python objects) must be
     passed in. The rebuilt problem must have the stored parameter names and shapes, the
     stored w0 bit for bit, the stored outputs f0 on the training set, the stored data
     digest and the stored initial loss; anything else is one GflowError saying what differs.
+    Model, data and loss references in the file's config are code named by the file: they
+    are imported only with ``trust_code`` (:func:`gflow.build`).
     """
     recorded = file.sources
     given = {"model": model, "data": data, "loss": loss}
@@ -60,7 +62,7 @@ def matching_flow(file: TrajectoryFile, model: nn.Module | None = None, data: Da
             name = source.get("class") or source.get("name") or ""
             raise GflowError(f"{file.path}: the run's {what} was a Python object{f' ({name})' if name else ''} that "
                              f"the file cannot rebuild; pass it: gflow.open(path, {_ARGUMENT[what]})")
-    flow = build(file.config, model=model, data=data, loss=loss)
+    flow = build(file.config, model=model, data=data, loss=loss, file=file.path, trust_code=trust_code)
     _check_matches(file, flow, recorded)
     return flow
 
@@ -117,9 +119,9 @@ class Trajectory(TrajectoryFile):
     model) and the analysis that needs its network, rebuilt once on first use."""
 
     def __init__(self, path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
-                 loss: Loss | str | None = None) -> None:
+                 loss: Loss | str | None = None, trust_code: bool = False) -> None:
         super().__init__(path)
-        self._given = {"model": model, "data": data, "loss": loss}
+        self._given = {"model": model, "data": data, "loss": loss, "trust_code": trust_code}
         self._flow: GradientFlow | None = None
 
     @property
@@ -287,8 +289,14 @@ class Trajectory(TrajectoryFile):
 
 
 def open_trajectory(path: str | Path, *, model: nn.Module | None = None, data: DataArg | None = None,
-                    loss: Loss | str | None = None) -> Trajectory:
+                    loss: Loss | str | None = None, trust_code: bool = False) -> Trajectory:
     """Open a stored run for queries (``gflow.open``). ``model``, ``data``, ``loss``: the
     Python objects the run was made with, for analysis that needs the network when the
-    file cannot rebuild it (runs made from objects rather than config references)."""
-    return Trajectory(path, model=model, data=data, loss=loss)
+    file cannot rebuild it (runs made from objects rather than config references).
+
+    Everything stored reads without running any code. An analysis that needs the network
+    of a run made with a model factory, data loader or loss reference imports and calls
+    that code only with ``trust_code=True``: a file from someone else can name any
+    importable function (``os:system``); without the opt-in the analysis ends with one
+    UntrustedCode error naming the reference. Built-in networks and data need no opt-in."""
+    return Trajectory(path, model=model, data=data, loss=loss, trust_code=trust_code)

@@ -7,6 +7,7 @@ these names and helpers, and nothing here imports a model or user code.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -18,14 +19,25 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..config import RunConfig
 from ..errors import FileFormatError
+from .validate import (
+    check_description,
+    check_schema,
+    check_structure,
+    config_of,
+    json_attribute,
+    read_data,
+    scalar,
+)
 
 FORMAT = "gflow-trajectory"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Version 2 lacks /steps/error_ratio (read as NaN); versions 2 and 3 lack the model, data
-# and loss descriptions of version 4 (read as the built-in ones their config names). Both
-# are upgraded in place on resume.
-READ_VERSIONS = (2, 3, 4)
+# and loss descriptions of version 4 (read as the built-in ones their config names);
+# versions before 5 lack the checksums (Fletcher-32) and the checkpoint's digest. All are
+# upgraded in place on resume.
+READ_VERSIONS = (2, 3, 4, 5)
 REASON_BYTES = 512
 
 STEP_COLUMNS = ("t", "dt", "loss", "grad_norm", "dgrad_ratio", "dout_ratio", "error_ratio", "rejected", "evals", "wall")
@@ -50,7 +62,8 @@ CHECKPOINT_COLUMNS = ("t", "dt", "step", "evals", "wall", "saves", "row")
 def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype: Any = "f8",
                  fill: float | None = None) -> None:
     """An extendable dataset of rows of shape ``row`` (() for scalars), empty; rows never
-    written read as ``fill``."""
+    written read as ``fill``. Every chunk carries HDF5's Fletcher-32 checksum, verified on
+    each read."""
     # HDF5 chunks must be non-empty and fit fixed dimensions; a row with a zero-size
     # dimension (no test split) gets unlimited trailing dimensions and unit chunks.
     empty = any(n == 0 for n in row)
@@ -58,7 +71,29 @@ def create_table(group: h5py.Group, name: str, row: tuple[int, ...] = (), dtype:
     chunks = (1024,) if not row else (1, *(max(n, 1) for n in row))
     # No compression: float64 parameters and outputs compress by a few percent at best,
     # and gzip on a 26,500-parameter state costs ~6 ms per row (measured), 5% of a run.
-    group.create_dataset(name, shape=(0, *row), maxshape=maxshape, dtype=dtype, chunks=chunks, fillvalue=fill)
+    group.create_dataset(name, shape=(0, *row), maxshape=maxshape, dtype=dtype, chunks=chunks, fillvalue=fill,
+                         fletcher32=True)
+
+
+def create_array(group: h5py.Group, name: str, data: Any = None, shape: tuple[int, ...] | None = None,
+                 dtype: Any = None) -> h5py.Dataset:
+    """A fixed-size dataset (``data``, or ``shape`` and ``dtype``) with the Fletcher-32
+    checksum: chunked, since HDF5 checksums chunks; a single value is stored as shape (1,)
+    (HDF5 cannot chunk a scalar), an empty array plainly (nothing to check)."""
+    if data is not None:
+        data = np.asarray(data)
+        shape, dtype = data.shape, data.dtype
+        if data.ndim == 0:
+            data, shape = data.reshape(1), (1,)
+    assert shape is not None
+    if 0 in shape:
+        return group.create_dataset(name, shape=shape, dtype=dtype, data=data)
+    return group.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=True, fletcher32=True)
+
+
+def state_digest(state: np.ndarray) -> bytes:
+    """SHA-256 (hex) of a state's bytes: the checkpoint's, verified before it is resumed."""
+    return hashlib.sha256(np.ascontiguousarray(state).tobytes()).hexdigest().encode()
 
 
 def append(ds: h5py.Dataset, rows: np.ndarray) -> None:
@@ -83,19 +118,26 @@ def read_checkpoint(f: h5py.File) -> dict[str, Any] | None:
     """The valid checkpoint slot as a dict (CHECKPOINT_COLUMNS, and ``state``: the state's
     array, read from the save row it names when ``row`` >= 0), or None (none written yet, a
     file older than version 4, or a checkpoint ahead of the committed saves: a damaged file,
-    whose last save serves instead)."""
+    whose last save serves instead). The state is checked against the slot's digest
+    (version 5): a mismatch is a FileFormatError naming the slot."""
     if "checkpoint" not in f:
         return None
-    slot = int(f["checkpoint/current"][()])
+    slot = int(scalar(f, "checkpoint/current", f.filename, "if"))
     if slot < 0:
         return None
-    values = dict(zip(CHECKPOINT_COLUMNS, f["checkpoint/scalars"][slot].tolist()))
+    values = dict(zip(CHECKPOINT_COLUMNS, read_data(f["checkpoint/scalars"], slot).tolist()))
     for k in ("step", "evals", "saves", "row"):
         values[k] = int(values[k])
     row = values["row"]
     if values["saves"] > f["saves/t"].shape[0]:  # ahead of the committed saves: not a file a writer left
         return None
-    values["state"] = f["saves/state"][row] if row >= 0 else f["checkpoint/state"][slot]
+    values["state"] = read_data(f["saves/state"], row) if row >= 0 else read_data(f["checkpoint/state"], slot)
+    if "digest" in f["checkpoint"]:
+        stored = read_data(f["checkpoint/digest"], slot)
+        if state_digest(values["state"]) != stored:
+            where = f"/saves/state row {row}" if row >= 0 else f"/checkpoint/state slot {slot}"
+            raise FileFormatError(f"{f.filename}: the checkpoint's state ({where}) does not match its SHA-256 digest "
+                                  f"(/checkpoint/digest slot {slot}): damaged or edited file")
     return values
 
 
@@ -122,8 +164,10 @@ def committed(f: h5py.File, name: str) -> int:
 
 @contextmanager
 def open_file(path: Path) -> Iterator[h5py.File]:
-    """Open for reading, also while a SWMR writer appends; HDF5's low-level errors on a
-    damaged file become one FileFormatError naming the file.
+    """Open for reading, also while a SWMR writer appends, after checking its structure
+    (:func:`gflow.store.validate.check_structure`: no links, no external or virtual storage,
+    no filter plugins, no size the file cannot back); HDF5's low-level errors on a damaged
+    file (a failed checksum among them) become one FileFormatError naming the file.
 
     A closed file is opened plainly, so HDF5 checks it whole (end of file, checksums) and
     fails fast; only a file marked open-for-write (a live or killed run) is opened in SWMR
@@ -132,12 +176,60 @@ def open_file(path: Path) -> Iterator[h5py.File]:
     if path.exists() and not path.is_file():
         raise FileFormatError(f"{path}: not a file (a trajectory is one HDF5 file)")
     try:
-        with _open_plain_or_swmr(path) as f:
+        with _checked_handle(path) as f:
             yield f
     except (OSError, KeyError, RuntimeError, ValueError) as e:
         if isinstance(e, FileNotFoundError) and not path.exists():
             raise FileFormatError(f"{path}: no such file") from None
-        raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({str(e).splitlines()[0]})") from None
+        raise FileFormatError(f"{path}: not an HDF5 file, or truncated or damaged ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+# Identities (device, inode, size, modification time) of the files whose structure this
+# process has checked: a file is walked again only when it changed (a live run grows).
+_CHECKED: dict[tuple[int, int, int, int], None] = {}
+_CHECKED_MAX = 4096
+
+
+def _checked_handle(path: Path) -> h5py.File:
+    """An open handle on ``path`` whose structure has been checked. The walk runs in a
+    handle of its own, closed after it: in SWMR mode HDF5 caches the metadata the walk read,
+    and a table seen through that cache could lag the rows committed since. A file that
+    changes between the walk and the next open (a live run) is walked again, at most
+    three times; the last walked handle serves then."""
+    for _ in range(3):
+        f = _open_plain_or_swmr(path)
+        try:
+            if _check_structure_once(f, path):
+                return f
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    f = _open_plain_or_swmr(path)
+    try:
+        _check_structure_once(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _check_structure_once(f: h5py.File, path: Path) -> bool:
+    """check_structure, unless this very file (by the identity of the open descriptor, not
+    the path) was checked unchanged before; whether it had been."""
+    st = os.fstat(f.id.get_vfd_handle())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return True
+    check_structure(f, str(path), st.st_size)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.pop(next(iter(_CHECKED)))
+    _CHECKED[key] = None
+    return False
 
 
 TRUNCATION_WAIT_S = 0.2
@@ -213,8 +305,10 @@ def version_of(f: h5py.File) -> int:
         return -1
 
 
-def check(path: Path) -> None:
-    """Raise FileFormatError unless ``path`` is a complete gflow trajectory we can read."""
+def check(path: Path) -> RunConfig:
+    """The run's config; FileFormatError unless ``path`` is a complete gflow trajectory we
+    can read, every attribute and dataset the reader uses checked
+    (:mod:`gflow.store.validate`)."""
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
     with open_file(path) as f:
@@ -231,24 +325,23 @@ def check(path: Path) -> None:
                 continue
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise FileFormatError(f"{path}: missing dataset /{name} (damaged or incomplete file)")
-        if version >= 4:
-            for name in SOURCES:
-                try:
-                    json.loads(f.attrs[name])
-                except (KeyError, TypeError, ValueError):
-                    raise FileFormatError(f"{path}: missing or unreadable /{name} description (damaged file)") from None
-        n = f["saves/t"].shape[0]
-        for name, ds in f["saves"].items():
-            if ds.shape[0] < n:
-                raise FileFormatError(f"{path}: /saves/{name} has fewer rows than /saves/t (damaged file)")
+        try:
+            if version >= 4:
+                for name in SOURCES:
+                    check_description(name, json_attribute(f.attrs, name, str(path)), str(path))
+            cfg = config_of(f, str(path))
+            check_schema(f, str(path), version, cfg)
+        except (TypeError, IndexError, AttributeError, RecursionError, ArithmeticError) as e:  # a shape no check foresaw
+            raise FileFormatError(f"{path}: damaged ({type(e).__name__}: {_first_line(e)})") from None
+        return cfg
 
 
 def sources_of(f: h5py.File) -> dict[str, dict[str, Any]]:
     """The model, data and loss descriptions; a file older than version 4 ran gflow's own
     network, data and loss, which its config names."""
     if version_of(f) >= 4:
-        return {name: json.loads(f.attrs[name]) for name in SOURCES}
-    config = json.loads(f.attrs["config"])
+        return {name: json_attribute(f.attrs, name, f.filename) for name in SOURCES}
+    config = json_attribute(f.attrs, "config", f.filename)
     return {
         "model": {"source": "builtin", "arch": config.get("arch", "fc")},
         "data": {"source": "builtin", "dataset": config.get("dataset", "digits")},
@@ -257,19 +350,24 @@ def sources_of(f: h5py.File) -> dict[str, dict[str, Any]]:
 
 
 def create_checkpoint(f: h5py.File, state: np.ndarray) -> None:
-    """The empty /checkpoint group for states like ``state`` (see CHECKPOINT_COLUMNS)."""
+    """The empty /checkpoint group for states like ``state`` (see CHECKPOINT_COLUMNS), with
+    a digest per slot (version 5)."""
     checkpoint = f.create_group("checkpoint")
-    checkpoint.create_dataset("current", data=-1)
-    checkpoint.create_dataset("scalars", data=np.full((2, len(CHECKPOINT_COLUMNS)), np.nan))
-    checkpoint.create_dataset("state", shape=(2, len(state)), dtype=state.dtype)
+    create_array(checkpoint, "current", np.int64(-1))
+    create_array(checkpoint, "scalars", np.full((2, len(CHECKPOINT_COLUMNS)), np.nan))
+    checkpoint.create_dataset("state", shape=(2, len(state)), dtype=state.dtype, chunks=(1, max(len(state), 1)),
+                              fletcher32=True)
+    create_array(checkpoint, "digest", shape=(2,), dtype="S64")
 
 
 def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray) -> None:
-    """Bring a version-2 or -3 file opened for resuming to version 4: a version-2 file's
-    earlier steps get NaN error ratios (they were not recorded); the saves get the columns
-    of version 4 (no forward passes, none interpolated, a state at each), and the model, data
-    and loss descriptions of the run's rebuilt problem and an empty checkpoint for states
-    like ``state`` are added. Runs before SWMR mode, which forbids new datasets and attributes."""
+    """Bring a file of an older version opened for resuming to version 5. A version-2
+    file's earlier steps get NaN error ratios (they were not recorded); a version-2 or -3
+    file's saves get the columns of version 4 (no forward passes, none interpolated, a state
+    at each), the model, data and loss descriptions of the run's rebuilt problem, and an
+    empty checkpoint for states like ``state``; a version-4 checkpoint gets its digests. (The
+    checksums came with the copy resuming makes: :func:`copy_checked`.) Runs before SWMR
+    mode, which forbids new datasets and attributes."""
     version = version_of(f)
     if version >= FORMAT_VERSION:
         return
@@ -279,11 +377,57 @@ def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray)
             group, column = name.split("/")
             create_table(f[group], column)
             append(f[name], np.full(n, np.nan))
-    n = committed(f, "saves/t")
-    for name, value in zip(ADDED_IN_4, (0.0, 0.0, 1.0)):  # no forwards, no interpolation, a state at every save
-        create_table(f["saves"], name.split("/")[1])
-        append(f[name], np.full(n, value))
-    for name in SOURCES:
-        f.attrs[name] = json.dumps(sources[name])
-    create_checkpoint(f, state)
-    f.attrs["format_version"] = 4  # not FORMAT_VERSION: a later version's additions are not made here
+    if version < 4:
+        n = committed(f, "saves/t")
+        for name, value in zip(ADDED_IN_4, (0.0, 0.0, 1.0)):  # no forwards, no interpolation, a state at every save
+            create_table(f["saves"], name.split("/")[1])
+            append(f[name], np.full(n, value))
+        for name in SOURCES:
+            f.attrs[name] = json.dumps(sources[name])
+        create_checkpoint(f, state)
+    elif "digest" not in f["checkpoint"]:
+        checkpoint = read_checkpoint(f)
+        digests = create_array(f["checkpoint"], "digest", shape=(2,), dtype="S64")
+        if checkpoint is not None:
+            digests[int(scalar(f, "checkpoint/current", f.filename, "if"))] = state_digest(checkpoint["state"])
+    f.attrs["format_version"] = FORMAT_VERSION
+
+
+# The attributes the format defines, by object: a copy keeps these and nothing else.
+ATTRIBUTES = {"/": ("format", "format_version", "config", "versions", "device", "created", "n_params", *SOURCES),
+              "/data": ("digest",), "/saves": ("layers",), "/saves/representation_change": ("layers",),
+              "/kernel": ("n", "outputs")}
+
+
+def copy_checked(src: h5py.Group, dst: h5py.Group) -> None:
+    """Copy every object of ``src`` into ``dst`` as version 5 stores it: chunked datasets
+    keep their shape, chunks, fill value and sparsity (only the chunks written are copied)
+    and gain the Fletcher-32 checksum; fixed ones become checksummed arrays
+    (:func:`create_array`), single values shape (1,). Of the attributes, those the format
+    defines (ATTRIBUTES) are copied; one that cannot be written back as it was read (text
+    that is not UTF-8) is a FileFormatError."""
+    _copy_attributes(src, dst)
+    for name, obj in src.items():
+        if isinstance(obj, h5py.Group):
+            copy_checked(obj, dst.create_group(name))
+            continue
+        if obj.chunks is None:
+            new = create_array(dst, name, read_data(obj))
+        else:
+            new = dst.create_dataset(name, shape=obj.shape, maxshape=obj.maxshape, chunks=obj.chunks, dtype=obj.dtype,
+                                     fillvalue=obj.fillvalue, fletcher32=True)
+            for i in range(obj.id.get_num_chunks()):
+                offset = obj.id.get_chunk_info(i).chunk_offset
+                where = tuple(slice(o, min(o + c, n)) for o, c, n in zip(offset, obj.chunks, obj.shape))
+                new[where] = read_data(obj, where)
+        _copy_attributes(obj, new)
+
+
+def _copy_attributes(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    for key in ATTRIBUTES.get(src.name, ()):
+        if key in src.attrs:
+            try:
+                dst.attrs[key] = src.attrs[key]
+            except (UnicodeError, TypeError, ValueError):
+                raise FileFormatError(f"{src.file.filename}: attribute {key!r} of {src.name} is not valid text "
+                                      "(damaged file)") from None

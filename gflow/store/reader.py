@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import torch
 
-from ..config import RunConfig
 from ..errors import FileFormatError, GflowError
 from .format import (
     OPTIONAL_STEP_COLUMNS,
@@ -30,6 +29,7 @@ from .format import (
     sources_of,
     version_of,
 )
+from .validate import STATUSES, read_data, scalar, text
 
 if TYPE_CHECKING:  # pandas is imported only when a table is read
     import pandas as pd
@@ -42,8 +42,7 @@ class TrajectoryFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        check(self.path)
-        self.config = RunConfig.from_json(self.attrs["config"], f"{self.path} /config")
+        self.config = check(self.path)
 
     def _file(self) -> contextlib.AbstractContextManager[h5py.File]:
         return open_file(self.path)
@@ -69,18 +68,16 @@ class TrajectoryFile:
         with self._file() as f:
             return sources_of(f)
 
-    def _run_field(self, name: str) -> Any:
-        value = self.read(f"run/{name}")
-        return value.decode() if isinstance(value, bytes) else float(value)
-
     @property
     def status(self) -> str:
         """running, finished, stopped or failed."""
-        return self._run_field("status")
+        with self._file() as f:
+            return text(f, "run/status", str(self.path), STATUSES)
 
     @property
     def stop_reason(self) -> str:
-        return self._run_field("stop_reason")
+        with self._file() as f:
+            return text(f, "run/stop_reason", str(self.path))
 
     def has(self, name: str) -> bool:
         """Whether the file holds the dataset or group ``name`` (e.g. "kernel")."""
@@ -101,8 +98,8 @@ class TrajectoryFile:
                 raise FileFormatError(f"{self.path}: no dataset /{name}")
             ds = f[name]
             if ds.shape and name.split("/")[0] in ("saves", "steps", "kernel"):
-                return ds[: committed(f, name)]
-            return ds[()]
+                return read_data(ds, slice(None, committed(f, name)))
+            return read_data(ds)
 
     @property
     def save_times(self) -> np.ndarray:
@@ -119,7 +116,7 @@ class TrajectoryFile:
             n = f["saves/t"].shape[0]
             if not -n <= i < n:
                 raise IndexError(f"save index {i} out of range for {n} saves")
-            return f[name][i % n]
+            return read_data(f[name], i % n)
 
     def outputs(self, i: int, split: str = "train") -> np.ndarray:
         """Raw outputs f(w(t_i), x) on ``split`` ("train" or "test") at the i-th save:
@@ -135,7 +132,7 @@ class TrajectoryFile:
         with self._file() as f:
             n = f["saves/t"].shape[0]
             if "has_state" in f["saves"]:
-                return np.flatnonzero(f["saves/has_state"][:n] > 0)
+                return np.flatnonzero(read_data(f["saves/has_state"], slice(None, n)) > 0)
             return np.arange(n) if "state" in f["saves"] else np.zeros(0, dtype=int)
 
     def hessian_spectrum(self) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +158,7 @@ class TrajectoryFile:
         times = self.read("kernel/t")
         if last and len(times):
             with self._file() as f:
-                return times[-1:], f["kernel/theta"][len(times) - 1][None]
+                return times[-1:], read_data(f["kernel/theta"], len(times) - 1)[None]
         thetas = self.read("kernel/theta")
         if len(times) and times[0] == 0.0:  # the schedule's first snapshot is the initial kernel
             return times, thetas
@@ -226,7 +223,8 @@ class TrajectoryFile:
         with self._file() as f:
             n = committed(f, f"{group}/{columns[0]}")
             # A column added by a later format version reads as NaN in an older file.
-            return pd.DataFrame({c: f[f"{group}/{c}"][:n] if c in f[group] else np.full(n, np.nan) for c in columns})
+            return pd.DataFrame({c: read_data(f[f"{group}/{c}"], slice(None, n)) if c in f[group] else np.full(n, np.nan)
+                                 for c in columns})
 
     @property
     def steps(self) -> pd.DataFrame:
@@ -268,15 +266,17 @@ class TrajectoryFile:
         stays cheap."""
         with self._file() as f:
             n = f["saves/t"].shape[0]
-            last = {c: float(f[f"saves/{c}"][n - 1]) for c in SAVE_SCALARS} if n else {}
-            run = {k: f[f"run/{k}"][()] for k in ("status", "stop_reason")}
+            last = {c: float(read_data(f[f"saves/{c}"], n - 1)) for c in SAVE_SCALARS} if n else {}
+            run = {"status": text(f, "run/status", str(self.path), STATUSES),
+                   "stop_reason": text(f, "run/stop_reason", str(self.path))}
             if "checkpoint" in f and n:
-                slot = int(f["checkpoint/current"][()])
+                slot = int(scalar(f, "checkpoint/current", str(self.path), "if"))
                 if slot >= 0:
-                    reached = dict(zip(("t", "dt", "step", "evals", "wall"), f["checkpoint/scalars"][slot][:5].tolist()))
+                    scalars = read_data(f["checkpoint/scalars"], slot)[:5].tolist()
+                    reached = dict(zip(("t", "dt", "step", "evals", "wall"), scalars))
                     if reached["t"] > last["t"]:
                         last.update({k: reached[k] for k in ("t", "step", "evals", "wall")})
         for c in ("step", "evals"):
             if c in last:
                 last[c] = int(last[c])
-        return {k: v.decode() for k, v in run.items()} | last
+        return run | last

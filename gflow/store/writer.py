@@ -15,6 +15,8 @@ import json
 import math
 import os
 import platform
+import secrets
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,14 +41,18 @@ from .format import (
     SAVE_SCALARS,
     STEP_COLUMNS,
     append,
+    copy_checked,
+    create_array,
     create_checkpoint,
     create_table,
     extend,
     open_file,
     read_checkpoint,
     repair_truncated,
+    state_digest,
     upgrade,
 )
+from .validate import text
 
 if TYPE_CHECKING:
     from ..flow import GradientFlow
@@ -126,7 +132,7 @@ class TrajectoryWriter(Observer):
         try:
             if resume:
                 with open_file(self.path) as f:  # again under the lock: another process may have just finished it
-                    status = f["run/status"][()].decode()
+                    status = text(f, "run/status", str(self.path))
                 if status not in ("running", "stopped"):
                     raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
                 self._need(self.path.stat().st_size, "to resume it (resuming rewrites the file)", "nothing changed")
@@ -139,10 +145,12 @@ class TrajectoryWriter(Observer):
                 self._need(_creation_bytes(flow), "to create it", "no file written")
                 if overwrite and self.path.is_file():
                     self.path.unlink()
-                try:  # "w-" fails if the file exists: two processes racing for one output cannot both win
-                    self.file = h5py.File(self.path, "w-", libver="latest")
-                except FileExistsError:
-                    raise RunBusy(f"output {self.path} was just created by another process") from None
+                # Built under a fresh hidden name, created exclusively ("w-": O_EXCL, never
+                # through a link planted there), and given its name only once complete
+                # (_publish): a reader never finds a half-made file at the output path.
+                self._creating = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.new")
+                try:
+                    self.file = h5py.File(self._creating, "w-", libver="latest")
                 except OSError as e:
                     raise GflowError(f"cannot create {self.path}: {_first_line(e)}") from None
                 try:
@@ -151,10 +159,12 @@ class TrajectoryWriter(Observer):
                     why = _out_of_space(e)
                     if not why:
                         raise
-                    self.path.unlink(missing_ok=True)  # nothing committed yet: leave no half-made file
+                    self._creating.unlink(missing_ok=True)  # nothing committed yet: leave no half-made file
+                    self._creating = None
                     raise DiskFull(f"{why} {self.path} while creating it ({_free(self.path)} free); no file written",
                                    unclean=True) from None
         except BaseException:
+            self._discard_new()
             self._lock.release()
             raise
         self._broken = False
@@ -162,10 +172,42 @@ class TrajectoryWriter(Observer):
             self._forwards = int(self.file["saves/forwards"][-1]) if "forwards" in self.file["saves"] else 0
         self._set_status("running", "")
         self.file.swmr_mode = True
+        if self._creating is not None:
+            self._publish()
         # Handles looked up once: h5py's name lookup costs more than a small append.
         self._steps = {c: self.file["steps"][c] for c in (*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)
                        if c in self.file["steps"]}
         self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
+
+    _creating: Path | None = None  # the hidden name a new file is built under, until _publish
+
+    def _publish(self) -> None:
+        """Give the complete new file its name: a hard link, which fails if the name exists
+        (of two processes racing for one output, one wins), then the hidden name removed."""
+        assert self._creating is not None
+        try:
+            os.link(self._creating, self.path)
+        except FileExistsError:
+            self._discard_new()
+            self._lock.release()
+            raise RunBusy(f"output {self.path} was just created by another process") from None
+        except OSError:  # a file system without hard links: the lock keeps other gflow writers out
+            if self.path.exists() or self.path.is_symlink():
+                self._discard_new()
+                self._lock.release()
+                raise RunBusy(f"output {self.path} was just created by another process") from None
+            os.rename(self._creating, self.path)
+        self._creating.unlink(missing_ok=True)
+        self._creating = None
+
+    def _discard_new(self) -> None:
+        """Close and remove a new file that never got its name."""
+        if self._creating is None:
+            return
+        with contextlib.suppress(Exception):
+            self.file.close()
+        self._creating.unlink(missing_ok=True)
+        self._creating = None
 
     def _create(self, flow: GradientFlow) -> None:
         f = self.file
@@ -177,19 +219,19 @@ class TrajectoryWriter(Observer):
             f.attrs[name] = json.dumps(description)
         # Mutable fields are fixed-size datasets, not attributes: SWMR allows rewriting data only.
         run = f.create_group("run")
-        run.create_dataset("status", shape=(), dtype="S16")
-        run.create_dataset("stop_reason", shape=(), dtype=f"S{REASON_BYTES}")
-        run.create_dataset("next_dt", data=np.nan)
+        create_array(run, "status", shape=(1,), dtype="S16")
+        create_array(run, "stop_reason", shape=(1,), dtype=f"S{REASON_BYTES}")
+        create_array(run, "next_dt", np.float64(np.nan))
         init = f.create_group("init")
-        init["w0"] = flow.w0.cpu().numpy()
-        init["f0_train"] = flow.f0_train.cpu().numpy()
-        init["f0_test"] = flow.f0_test.cpu().numpy()
+        create_array(init, "w0", flow.w0.cpu().numpy())
+        create_array(init, "f0_train", flow.f0_train.cpu().numpy())
+        create_array(init, "f0_test", flow.f0_test.cpu().numpy())
         data = f.create_group("data")
         for name in ("train_indices", "test_indices", "classes_train", "classes_test"):
             if getattr(flow.data, name) is not None:
-                data[name] = getattr(flow.data, name)
-        data["y_train"] = flow.y_train.cpu().numpy()
-        data["y_test"] = flow.y_test.cpu().numpy()
+                create_array(data, name, getattr(flow.data, name))
+        create_array(data, "y_train", flow.y_train.cpu().numpy())
+        create_array(data, "y_test", flow.y_test.cpu().numpy())
         data.attrs["digest"] = flow.data.digest()
         steps = f.create_group("steps")
         for c in STEP_COLUMNS:
@@ -218,7 +260,7 @@ class TrajectoryWriter(Observer):
         create_checkpoint(f, flow.y0.cpu().numpy())
         if flow.cfg.kernel_n > 0:
             self._theta0 = self._kernel(flow.w0)
-            init["theta"] = self._theta0.cpu().numpy()
+            create_array(init, "theta", self._theta0.cpu().numpy())
             kernel = f.create_group("kernel")
             kernel.attrs["n"] = len(self._kernel_x)
             kernel.attrs["outputs"] = flow.cfg.kernel_outputs
@@ -229,9 +271,9 @@ class TrajectoryWriter(Observer):
 
     def _set_status(self, status: str, reason: str, next_dt: float = np.nan) -> None:
         run = self.file["run"]
-        run["status"][()] = status.encode()
-        run["stop_reason"][()] = reason.encode()[:REASON_BYTES]
-        run["next_dt"][()] = next_dt
+        run["status"][...] = status.encode()
+        run["stop_reason"][...] = reason.encode()[:REASON_BYTES]
+        run["next_dt"][...] = next_dt
 
     def _kernel(self, w: torch.Tensor) -> torch.Tensor:
         cfg = self.flow.cfg
@@ -316,18 +358,20 @@ class TrajectoryWriter(Observer):
         crash-safely: into the slot not in use, flushed, then named current. A state stored
         in the last save row (a step that landed on it) is referenced, not copied."""
         ckpt, last = self.file["checkpoint"], record.last
-        current = int(ckpt["current"][()])
+        current = int(ckpt["current"][0])
         slot = 0 if current < 0 else 1 - current
         n = self._saves["t"].shape[0]
         in_row = n > 0 and self._last_row_state and self._saves["t"][n - 1] == last.t
+        state = last.y.detach().cpu().numpy()
         if not in_row:
-            ckpt["state"][slot] = last.y.detach().cpu().numpy()
+            ckpt["state"][slot] = state
+        ckpt["digest"][slot] = state_digest(state)
         dt = record.dt if dt is None else dt
         values = {"t": last.t, "dt": np.nan if dt is None else dt, "step": record.steps, "evals": record.evals,
                   "wall": record.wall, "saves": n, "row": n - 1 if in_row else -1}
         ckpt["scalars"][slot] = [values[c] for c in CHECKPOINT_COLUMNS]
         self.file.flush()
-        ckpt["current"][()] = slot
+        ckpt["current"][0] = slot
         self.file.flush()
 
     def _write_save(self, record: SaveRecord, with_state: bool) -> None:
@@ -494,10 +538,14 @@ class RunLock:
         self.path = path.with_name(path.name + ".lock")
         self._fd: int | None = None
         for _ in range(100):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link planted at the lock's name (it would create the link's target)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as e:
-                raise GflowError(f"cannot write beside {path}: {e.strerror} ({self.path})") from None
+                why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+                raise GflowError(f"cannot take the lock {self.path} beside {path}: {why}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise GflowError(f"cannot take the lock {self.path} beside {path}: it is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -526,16 +574,25 @@ def rewrite_to_checkpoint(path: Path, config: str) -> None:
     ``config`` (a resumed run may carry new budgets).
 
     A killed SWMR writer leaves the file marked open-for-write, which HDF5 refuses to open
-    for writing again; a readable copy (written to a temporary file, then atomically
-    renamed over the original) clears that, and trims what the continuation will redo or a
-    kill left half-written: saves past the checkpoint, steps past its step count, kernel
-    snapshots after it.
+    for writing again; a readable copy (written under a fresh hidden name, created
+    exclusively, then atomically renamed over the original) clears that, trims what the
+    continuation will redo or a kill left half-written (saves past the checkpoint, steps
+    past its step count, kernel snapshots after it) and stores every dataset with the
+    Fletcher-32 checksum (:func:`copy_checked`).
     """
-    tmp = path.with_name(path.name + ".resume.tmp")
-    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
-        for name in src:
-            src.copy(src[name], dst, name=name)
-        dst.attrs.update(src.attrs)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.resume")
+    try:
+        _copy_to_checkpoint(path, tmp, config)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _copy_to_checkpoint(path: Path, tmp: Path, config: str) -> None:
+    # "w-" creates the file exclusively (O_EXCL), never through a link planted at its name.
+    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w-", libver="latest") as dst:
+        copy_checked(src, dst)
         dst.attrs["config"] = config
         checkpoint = read_checkpoint(dst)
         n = dst["saves/t"].shape[0] if checkpoint is None else min(checkpoint["saves"], dst["saves/t"].shape[0])
@@ -549,4 +606,3 @@ def rewrite_to_checkpoint(path: Path, config: str) -> None:
             keep = int(np.searchsorted(dst["kernel/t"][()], t_end, side="right"))
             for ds in dst["kernel"].values():
                 ds.resize(keep, axis=0)
-    os.replace(tmp, path)

@@ -227,7 +227,7 @@ def test_a_killed_run_of_a_factory_model_resumes_bitwise_and_its_t1_is_measured(
     proc.kill()
     proc.wait()
     assert gflow.open(out).status == "running"
-    resumed = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--resume", str(out)],
+    resumed = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--resume", str(out), "--trust-code"],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     cfg = gflow.open(out).config
@@ -235,7 +235,7 @@ def test_a_killed_run_of_a_factory_model_resumes_bitwise_and_its_t1_is_measured(
     done = gflow.open(out)
     assert np.array_equal(done.save_times, full.save_times)
     assert np.array_equal(done.read("saves/state"), full.read("saves/state"))
-    shown = subprocess.run([sys.executable, "-m", "gflow.cli", "t1", str(out), "--eps", "0.01"],
+    shown = subprocess.run([sys.executable, "-m", "gflow.cli", "t1", str(out), "--eps", "0.01", "--trust-code"],
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert str(out) in shown.stdout and "t1_linearization" in shown.stdout

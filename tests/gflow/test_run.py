@@ -24,7 +24,7 @@ def test_every_documented_dataset_is_present(stored):
         for name in REQUIRED + ("saves/state", "checkpoint/current"):
             assert name in f, name
         assert "saves/dstate" not in f  # derivatives only when asked (save_derivatives)
-        assert f.attrs["format"] == "gflow-trajectory" and f.attrs["format_version"] == 4
+        assert f.attrs["format"] == "gflow-trajectory" and f.attrs["format_version"] == 5
     assert stored.status == "finished" and stored.stop_reason == "reached t_end"
     assert stored.config == CFG
 

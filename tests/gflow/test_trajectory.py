@@ -82,8 +82,8 @@ def test_a_changed_function_with_the_same_parameters_is_refused(from_objects):
         gflow.open(path, model=changed, data=data).flow
 
 
-def test_a_run_from_factory_references_is_rebuilt_from_the_file_alone(from_factories):
-    traj = gflow.open(from_factories)
+def test_a_run_from_factory_references_is_rebuilt_from_the_file_alone_on_the_users_word(from_factories):
+    traj = gflow.open(from_factories, trust_code=True)
     assert traj.sources["model"]["reference"] == "tests.gflow.usercode:mlp"
     assert traj.sources["model"]["args"] == {"width": 12}
     assert traj.sources["data"]["reference"] == "tests.gflow.usercode:parity_digits"
@@ -101,7 +101,7 @@ def test_a_factory_that_now_gives_another_model_is_refused(from_factories, tmp_p
         config["seed"] = 5  # the factory would now initialise another w0
         f.attrs["config"] = json.dumps(config)
     with pytest.raises(GflowError, match="w0 differ"):
-        gflow.open(path).linearization_gap()
+        gflow.open(path, trust_code=True).linearization_gap()
 
 
 def test_kernel_signatures_are_those_of_a_kernel_recomputed_from_the_stored_state(tmp_path):
