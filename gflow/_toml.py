@@ -12,12 +12,20 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 
+MAX_BYTES = 2**20  # a config or sweep file; more is not one (/dev/zero, a data file given by mistake)
+
+
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """The tables of a TOML file; a missing, unreadable or invalid file is one GflowError
-    naming ``what`` it should have been (e.g. "config", "sweep")."""
+    """The tables of a TOML file; a missing, unreadable, oversized (MAX_BYTES) or invalid file
+    is one GflowError naming ``what`` it should have been (e.g. "config", "sweep")."""
     try:
-        return tomllib.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise GflowError(f"cannot read {what} {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise GflowError(f"{what} {path} is not valid TOML: {e}") from None
+    if len(raw) > MAX_BYTES:
+        raise GflowError(f"{what} {path} is larger than {MAX_BYTES // 1024} KiB: not a {what} file")
+    try:
+        return tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise GflowError(f"{what} {path} is not valid TOML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -22,6 +22,8 @@ from .config import RunConfig
 from .errors import GflowError
 from .geometry import check_threshold, first_crossing
 from .losses import classification_error
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
 from .store import TrajectoryFile
 from .timescales import power_law
 
@@ -40,22 +42,53 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
     alignment and effective rank (:meth:`TrajectoryFile.kernel_signatures`), and for runs
     with a Hessian spectrum the sharpness lambda_max at the last save; weight_change is
     ||w(T) - w0|| / ||w0|| over all parameters at the last save. Unreadable files get
-    a row with status ``unreadable`` and the reason."""
+    a row with status ``unreadable`` and the reason: one bad file never hides the others.
+
+    A sweep's directory also lists the runs its manifest (:mod:`gflow.manifest`) records
+    without a file: ones that failed before their file existed, ones whose process died
+    first (``lost``), ones not started yet (``planned``); a file whose run died with its
+    process (status ``running``, which the manifest knows as ``lost``) shows ``lost``."""
     directory = Path(directory)
     if not directory.is_dir():
         raise GflowError(f"{directory}: no such directory")
     check_threshold(eps)
-    rows = [_row(path, eps) for path in sorted(directory.glob("*.h5"))]
+    try:
+        recorded = Manifest(directory).read()
+    except GflowError as e:
+        recorded = {MANIFEST: {"state": "unreadable", "reason": str(e)}}
+    files = sorted(directory.glob("*.h5"))
+    rows = [_row(path, eps, recorded.get(path.stem)) for path in files]
+    present = {path.stem for path in files}
+    rows += [_recorded_row(name, entry) for name, entry in sorted(recorded.items()) if name not in present]
     arguments = sorted({k for row in rows for k in row if k not in CONFIG and k not in RESULTS})
     return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS, *arguments])
 
 
-def _row(path: Path, eps: float) -> dict[str, Any]:
+def _recorded_row(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry with no file: its config fields (when valid), state and reason."""
+    row: dict[str, Any] = {}
     try:
-        traj = TrajectoryFile(path)
-        s = traj.summary()
+        row = _config_columns(RunConfig.from_dict(entry["config"]).to_dict()) if entry.get("config") else {}
+    except (GflowError, TypeError, ValueError):
+        pass
+    file = name if name == MANIFEST else f"{name}.h5 (no file)"
+    return {**row, "file": file, "status": entry["state"], "stop_reason": entry.get("reason", "")}
+
+
+def _row(path: Path, eps: float, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    try:
+        return _file_row(path, eps, recorded)
     except GflowError as e:
         return {"file": path.name, "status": "unreadable", "stop_reason": str(e)}
+    except Exception as e:  # a check the reader lacks: the listing still lists the others
+        return {"file": path.name, "status": "unreadable", "stop_reason": f"{path}: {type(e).__name__}: {e}"}
+
+
+def _file_row(path: Path, eps: float, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    traj = TrajectoryFile(path)
+    s = traj.summary()
+    if s["status"] == "running" and recorded is not None and recorded.get("state") == "lost":
+        s.update(status="lost", stop_reason=recorded.get("reason", s["stop_reason"]))
     row: dict[str, Any] = traj.config.to_dict()
     row.update(file=path.name, status=s["status"], stop_reason=s["stop_reason"], t=s.get("t", math.nan),
                steps=s.get("step", 0), evals=s.get("evals", 0), wall=s.get("wall", math.nan),
@@ -74,7 +107,13 @@ def _row(path: Path, eps: float) -> dict[str, Any]:
         row["weight_change"] = float(np.linalg.norm(traj.state(-1).numpy()[: len(w0)] - w0) / np.linalg.norm(w0))
     if traj.has("saves/hessian") and len(traj):
         row["sharpness"] = float(traj.hessian_spectrum()[1][-1, 0])
-    for name in ("model_args", "data_args"):  # one column per argument (sweeps vary them), and the whole as JSON
+    return _config_columns(row)
+
+
+def _config_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A config's fields as catalog columns: one per argument of a factory (sweeps vary
+    them) and the whole arguments as JSON; classes as text."""
+    for name in ("model_args", "data_args"):
         row.update({f"{name}.{k}": v for k, v in row[name].items()})
         row[name] = json.dumps(row[name], sort_keys=True)
     if isinstance(row.get("classes"), list):

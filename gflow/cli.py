@@ -358,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         target = (args.resume or args.out) if args.command == "run" else None
+        if target and not os.path.isfile(target):  # stopped before the file was made: claim none
+            target = None
         where = f"; {target} holds every save so far (status stopped): gflow run --resume {target}" if target else ""
         print(f"gflow: stopped by {name}{where}", file=sys.stderr)
         return 128 + int(getattr(signal.Signals, name, signal.SIGINT))

@@ -30,6 +30,8 @@ LOSSES = ("softhinge", "hinge", "qhinge", "mse", "cross-entropy")
 NATIVE_SOLVERS = ("gradient-ratio", "momentum", "chebyshev", "exponential")
 ANCHORS = ("cvode", "tsit5")  # SUNDIALS' BDF and torchode's Tsit5: pip install gflow[stiff]
 DISCRETE = ("gd", "heavy-ball")  # training itself, at learning rate lr: t = k lr
+MAX_SAVES = 1_000_000
+MAX_FIXED_STEPS = 10**9  # steps of a fixed-step method or iterations of gd / heavy-ball
 SOLVERS = NATIVE_SOLVERS + METHODS + ANCHORS + DISCRETE
 FLOWS = ("gradient", "momentum")
 CONTROLLERS = ("paper", "ratio-target")
@@ -172,6 +174,9 @@ class RunConfig:
                               "network; with your own model give tau itself")
         if self.solver in FIXED and self.dt is None:
             raise ConfigError("dt", self.dt, f"solver {self.solver} takes fixed steps: give --dt > 0")
+        if self.solver in FIXED and self.t_end / self.dt > MAX_FIXED_STEPS:
+            raise ConfigError("dt", self.dt, f"solver {self.solver} would take t_end / dt = {self.t_end / self.dt:.3g} "
+                              f"steps; at most {MAX_FIXED_STEPS:.0e} (use an adaptive solver)")
         if self.arch == "cnn" and self.pca is not None:
             raise ConfigError("pca", self.pca, "arch cnn needs the images themselves; leave pca unset")
         if self.pca is not None and self.pca > self.ptr:
@@ -190,6 +195,8 @@ class RunConfig:
         if self.lr is None:
             raise ConfigError("lr", self.lr, f"solver {self.solver} needs a learning rate: give --lr > 0")
         iterations = self.t_end / self.lr
+        if iterations > MAX_FIXED_STEPS:
+            raise ConfigError("lr", self.lr, f"t_end / lr = {iterations:.3g} iterations; at most {MAX_FIXED_STEPS:.0e}")
         if abs(iterations - round(iterations)) > 1e-9 * iterations or round(iterations) < 1:
             k = max(round(iterations), 1)
             raise ConfigError("t_end", self.t_end, f"must be a whole number of iterations of lr = {self.lr:g} "
@@ -376,10 +383,12 @@ def _at_least(low: float) -> Callable[[str, Any], None]:
     return check
 
 
-def _count(low: int) -> Callable[[str, Any], None]:
+def _count(low: int, high: int | None = None, why: str = "") -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         if not value >= low:
             raise ConfigError(name, value, f"must be >= {low}")
+        if high is not None and value > high:
+            raise ConfigError(name, value, f"must be <= {high:,}{why}")
 
     return check
 
@@ -446,7 +455,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_dout": _positive_or_inf,
     "dt0": _positive,
     "t_end": _positive,
-    "saves": _count(1),
+    "saves": _count(1, MAX_SAVES, " (each save writes a row of every table and may take a forward pass)"),
     "save_t_min": _positive,
     "state_saves": _count(2),
     "stop_margin": _positive,

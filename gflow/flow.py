@@ -24,6 +24,7 @@ from solvers import Evaluation
 from .config import RunConfig
 from .data import Dataset, from_arrays, from_loader, load, with_labels_for
 from .errors import ConfigError, GflowError
+from .limits import check_fits
 from .losses import Loss, check_task, classification_error, get_loss
 from .models import FlatModel, Linearized, build_model, prepare
 from .references import call, check_trusted, qualified_name, resolve
@@ -254,6 +255,7 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
              for field, given in (("model", model), ("data", data), ("loss", loss))
              if given is None and getattr(cfg, field) is not None and ":" in getattr(cfg, field)]
     check_trusted(named, file, trust_code)  # every reference named at once, before anything is built
+    check_fits(cfg, data=data is None, network=model is None)  # gflow's own data and network, before allocation
     dataset, data_source = _data(cfg, data, dtype, device, gate)
     flat, model_source = _model(cfg, model, dataset, dtype, device, gate)
     loss_fn, loss_source = _loss(cfg, loss, gate)

@@ -6,8 +6,8 @@ wrote anything leaves no file. The manifest ``DIR/gflow-sweep.json`` keeps one e
 run of every sweep into ``DIR``::
 
     {"format": "gflow-sweep-manifest", "format_version": 1,
-     "runs": {NAME: {"state": STATE, "reason": "...", "config": {RunConfig fields},
-                     "updated": "ISO 8601 time", "pid": 1234}}}
+     "runs": {NAME: {"state": STATE, "reason": "...", "config": {RunConfig fields that differ
+                     from the defaults}, "updated": "ISO 8601 time", "pid": 1234}}}
 
 with STATE one of ``planned`` (in the grid, not started), ``running`` (a worker took it),
 ``finished``, ``stopped``, ``failed`` (as the run's file says, or the run never got one)
@@ -80,10 +80,9 @@ class Manifest:
                                  "reason and a config")
         return runs
 
-    def update(self, changes: dict[str, dict[str, Any]], keep: tuple[str, ...] = ()) -> None:
-        """Merge ``changes`` (run name -> fields) into the manifest, stamped with the time;
-        an entry whose state is in ``keep`` is left as it is. A damaged manifest is replaced
-        (the runs' own files stay the record of what ran)."""
+    def update(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Merge ``changes`` (run name -> fields) into the manifest, stamped with the time. A
+        damaged manifest is replaced (the runs' own files stay the record of what ran)."""
         with self._locked():
             try:
                 runs = self.read()
@@ -91,8 +90,6 @@ class Manifest:
                 runs = {}
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             for name, fields in changes.items():
-                if runs.get(name, {}).get("state") in keep:
-                    continue
                 runs[name] = {**runs.get(name, {}), **fields, "updated": now}
             self._write({"format": FORMAT, "format_version": 1, "runs": runs})
 

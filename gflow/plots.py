@@ -314,6 +314,8 @@ def layers_figure(directory: str | Path):
 def figure_path(out: str | Path) -> Path:
     """Where a figure named ``out`` goes: ``out`` with a known suffix, or ``out.png`` when it has
     none; one GflowError for an unknown suffix or a missing directory."""
+    if not str(out) or not Path(out).name:
+        raise GflowError(f"figure {str(out)!r}: give a file name, e.g. fig.png")
     out = Path(out)
     if not out.suffix:
         out = out.with_name(out.name + ".png")

@@ -120,9 +120,18 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     return Trajectory(out, model=model, data=data, loss=loss, trust_code=True)  # the caller's own config
 
 
+# Bytes a file name may have: the file system's usual limit (NAME_MAX) less room for the
+# hidden names built from it while it is written (".NAME.xxxxxxxx.resume", "NAME.lock").
+MAX_NAME_BYTES = 255 - 20
+
+
 def _check_output(out: Path, overwrite: bool) -> None:
-    """An output path a new run may create: its directory exists, and it is absent, or a
-    regular file and ``overwrite`` is given (a directory, device or other node never is)."""
+    """An output path a new run may create: its directory exists, its name fits
+    (MAX_NAME_BYTES), and it is absent, or a regular file and ``overwrite`` is given (a
+    directory, device or other node never is)."""
+    if len(out.name.encode()) > MAX_NAME_BYTES:
+        raise GflowError(f"output name {out.name[:40]}... has {len(out.name.encode())} bytes; at most {MAX_NAME_BYTES} "
+                         "(the file system's limit, less room for the lock and temporary names)")
     if out.exists() or out.is_symlink():
         if not out.is_file():
             raise GflowError(f"output {out} exists and is not a regular file; --overwrite replaces only files")

@@ -12,10 +12,15 @@ A sweep file is TOML::
     seed = { range = [0, 3] }              # 0, 1, 2
     model_args.depth = [2, 4]              # one keyword argument of a model factory
 
-Each run goes to ``DIR/<name>.h5`` with a deterministic name (the grid values and a hash
-of the whole config), so running a sweep again does only what is missing: finished files
-are skipped, killed or stopped ones resumed, failed ones redone. A run another live
-process holds (a second sweep on the same directory) is left to it.
+Each run goes to ``DIR/<name>.h5`` with a deterministic name (the grid values, with any
+character other than letters, digits and ``._=+-`` replaced and each value cut to
+NAME_VALUE_CHARS, and a hash of the whole config, which keeps cut names apart), so running
+a sweep again does only what is missing: finished files are skipped, killed or stopped ones
+resumed, failed ones redone. A run another live process holds (a second sweep on the same
+directory) is left to it. The manifest ``DIR/gflow-sweep.json`` (:mod:`gflow.manifest`)
+records every run, also one that failed before its file existed or whose worker process
+died (``lost``); a local worker that dies does not end the sweep: the runs it had not
+started go to a fresh pool of workers.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -33,6 +40,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +51,13 @@ from tqdm.auto import tqdm
 from ._toml import read_toml
 from .config import RunConfig
 from .errors import GflowError, OutputExists, RunBusy
+from .manifest import Manifest
 
 ENGINES = ("local", "dask")
+MAX_RUNS = 100_000  # runs in one sweep, checked before the grid is expanded
+NAME_VALUE_CHARS = 40  # of each grid value in a run's file name
+SCHEDULER_TIMEOUT_S = 10.0  # to reach a Dask scheduler given by --scheduler
+POOL_RESTARTS = 3  # fresh local worker pools after workers died, per sweep
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,10 @@ class Sweep:
         if overlap:
             raise GflowError(f"sweep: field {overlap[0]!r} is in both [base] and [grid]")
         keys = list(self.grid)
+        total = math.prod(len(v) for v in self.grid.values())
+        if total > MAX_RUNS:
+            raise GflowError(f"sweep: the grid expands to {total} runs ({' x '.join(str(len(v)) for v in self.grid.values())}); "
+                             f"at most {MAX_RUNS} runs a sweep")
         base_fields = base.to_dict()
         for key in keys:
             field, _, argument = key.partition(".")
@@ -84,9 +101,11 @@ class Sweep:
         return runs
 
     def name(self, cfg: RunConfig) -> str:
-        """A file name that says which grid point it is and changes with anything else in the config."""
+        """A file name that says which grid point it is and changes with anything else in the
+        config: safe characters only (no path separators), each value at most
+        NAME_VALUE_CHARS long, the config's digest keeping names apart."""
         digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
-        parts = [f"{k}={_short(_lookup(cfg, k))}" for k in self.grid]
+        parts = [_safe(f"{k}={_short(_lookup(cfg, k))}") for k in self.grid]
         return "_".join([*parts, digest])
 
 
@@ -138,8 +157,8 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
         (kind, args), = spec.items()
         if kind in ("log", "lin") and isinstance(args, list) and len(args) == 3 and isinstance(args[2], int):
             lo, hi, n = args
-            if n < 1:
-                raise GflowError(f"{source}: [grid] {field} = {spec!r}: needs n >= 1 values")
+            if not 1 <= n <= MAX_RUNS:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r}: needs 1 <= n <= {MAX_RUNS} values")
             if kind == "log" and not (lo > 0 and hi > 0):
                 raise GflowError(f"{source}: [grid] {field} log range needs positive ends, got {lo}, {hi}")
             values = np.geomspace(lo, hi, n) if kind == "log" else np.linspace(lo, hi, n)
@@ -151,11 +170,17 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
                 raise GflowError(f"{source}: [grid] {field} = {spec!r}: the step of a range must not be 0")
             if not range(*args):
                 raise GflowError(f"{source}: [grid] {field} = {spec!r} is an empty range")
+            if len(range(*args)) > MAX_RUNS:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r} has {len(range(*args))} values; at most {MAX_RUNS}")
             return list(range(*args))
     raise GflowError(
         f"{source}: [grid] {field} = {spec!r}: must be a list, {{log = [lo, hi, n]}}, {{lin = [lo, hi, n]}} "
         "or {range = [start, stop, step]}"
     )
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", part)[: NAME_VALUE_CHARS + 24].lstrip(".") or "_"
 
 
 def _short(value: Any) -> str:
@@ -168,7 +193,8 @@ def _short(value: Any) -> str:
 
 def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, str]:
     """Bring one run of a sweep to an end state and report it; never raises (a failing run
-    must not stop the others). Writes ``<path minus .h5>.log``."""
+    must not stop the others). Writes ``<path minus .h5>.log`` and the run's manifest entry
+    (``running``, then its end state)."""
     from .run import resume, run
     from .store import TrajectoryFile
 
@@ -179,7 +205,14 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
     out = Path(path)
     if _ORPHANED.is_set():  # the sweep died while this worker was between runs: take no new one
         return {"name": out.stem, "action": "skip", "status": "stopped", "reason": "the sweep's process died"}
-    log = _run_logger(out)
+    _record(out, {"state": "running", "reason": "", "pid": os.getpid()})
+    try:
+        log = _run_logger(out)
+    except OSError as e:
+        result = {"name": out.stem, "action": "error", "status": "failed",
+                  "reason": f"cannot write the log {out.with_suffix('.log')}: {e.strerror}"}
+        _record(out, {"state": "failed", "reason": result["reason"]})
+        return result
     cfg = RunConfig.from_json(cfg_json)
     try:
         action = _action(out, cfg)
@@ -203,8 +236,20 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
     log.info("%s: %s (%s)", result["status"], result["name"], result["reason"])
     for handler in list(log.handlers):
         handler.close()
+        handler.stream.close()
         log.removeHandler(handler)
+    if result["action"] != "busy":  # a run another process holds is that process's to record
+        _record(out, {"state": result["status"], "reason": result["reason"]})
     return result
+
+
+def _record(out: Path, fields: dict[str, Any]) -> None:
+    """Best effort: a manifest that cannot be written must not fail the run (the sweep's
+    process checked at its start that the directory is writable)."""
+    try:
+        Manifest(out.parent).update({out.stem: fields})
+    except GflowError:
+        pass
 
 
 def _action(out: Path, cfg: RunConfig) -> str:
@@ -240,10 +285,12 @@ def _set_aside(out: Path, cfg: RunConfig) -> None:
 
 
 def _run_logger(out: Path) -> logging.Logger:
+    """The run's log, appended to ``<name>.log``, never through a link planted at that name."""
     log = logging.getLogger(f"gflow.sweep.{out}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    handler = logging.FileHandler(out.with_suffix(".log"))
+    fd = os.open(out.with_suffix(".log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    handler = logging.StreamHandler(os.fdopen(fd, "a"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
@@ -268,8 +315,16 @@ def run_sweep(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GflowError(f"sweep output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in sweep.runs()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GflowError(f"cannot create the sweep directory {out}: {e.strerror}") from None
+    runs = sweep.runs()
+    tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in runs]
+    # Every run on record before any starts; this also finds an unwritable directory now.
+    defaults = RunConfig().to_dict()
+    Manifest(out).update({sweep.name(cfg): {"state": "planned", "reason": "", "config": {
+        k: v for k, v in cfg.to_dict().items() if v != defaults[k]}} for cfg in runs})
     workers = workers or os.cpu_count() or 1
     # Each worker gets its share of the cores: torch would otherwise start one thread per
     # core in every worker and the workers would fight over them.
@@ -315,14 +370,59 @@ def _stop_when_orphaned(parent: int, grace: float = 60.0) -> None:
 
 def _local_engine(workers: int) -> Submit:
     def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
-        # spawn, not fork: forking a process that has started torch's thread pools can hang
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_stop_when_orphaned, initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(fn, *t) for t in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+        pending = list(tasks)
+        for restart in range(POOL_RESTARTS + 1):
+            broken = False
+            # spawn, not fork: forking a process that has started torch's thread pools can hang
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_stop_when_orphaned, initargs=(os.getpid(),)) as pool:
+                futures = {pool.submit(fn, *t): t for t in pending}
+                for future in as_completed(futures):
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:  # a worker died (SIGKILL, out of memory): the pool with it
+                        broken = True
+                        continue
+                    pending.remove(futures[future])
+                    yield result
+            if not broken:
+                return
+            retry = []
+            for task in pending:  # the runs a dead worker had taken are reported; the others start afresh
+                ended = _after_a_dead_worker(Path(task[1]), last=restart == POOL_RESTARTS)
+                if ended is None:
+                    retry.append(task)
+                else:
+                    yield ended
+            pending = retry
 
     return submit
+
+
+def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:
+    """What became of a run whose result a broken worker pool never returned: None when no
+    worker had taken it (and ``last`` is false: it goes to a fresh pool), else its result
+    from its file and manifest entry: ``lost`` when its process died during the run."""
+    from .store import TrajectoryFile
+
+    try:
+        state = Manifest(out.parent).read().get(out.stem, {}).get("state")
+    except GflowError:
+        state = None
+    if not last and (state == "planned" or (state is None and not out.exists())):
+        return None
+    try:
+        status = TrajectoryFile(out).status if out.exists() else None
+    except GflowError:
+        status = None
+    if status in ("finished", "failed", "stopped"):
+        reason = {"stopped": "stopped when another worker died; the sweep resumes it when run again"}.get(status, "")
+        _record(out, {"state": status, "reason": reason})
+        return {"name": out.stem, "action": "run", "status": status, "reason": reason}
+    reason = ("its worker process died during the run (killed, or out of memory); run the sweep again to "
+              + ("resume it" if status == "running" else "redo it"))
+    _record(out, {"state": "lost", "reason": reason})
+    return {"name": out.stem, "action": "lost", "status": "lost", "reason": reason}
 
 
 def _dask_engine(workers: int, scheduler: str | None) -> Submit:
@@ -335,7 +435,12 @@ def _dask_engine(workers: int, scheduler: str | None) -> Submit:
     def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                        dashboard_address=None)
-        with Client(scheduler or cluster) as client:
+        try:
+            client = Client(scheduler or cluster, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise GflowError(f"cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT_S:g} s "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        with client:
             futures = [client.submit(fn, *t, pure=False) for t in tasks]
             for future in dask_completed(futures):
                 yield future.result()

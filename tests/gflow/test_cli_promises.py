@@ -59,6 +59,12 @@ def test_an_empty_test_split_is_supported(tmp_path, capsys):
     (["--kernel-n", "100", "--ptr", "50"], r"kernel_n = 100: must be <= ptr \(50\)"),
     (["--atol", "inf"], "atol = inf: must be a finite number >= 0"),
     (["--rtol", "nan"], "rtol = nan"),
+    (["--width", "1000000000000"], r"width = 1000000000000: a network of about 6.5e\+13 parameters: the run needs about "),
+    (["--dataset", "teacher", "--ptr", "1000000000"], r"ptr = 1000000000: 1,000,000,010 points of data"),
+    (["--saves", "10000000"], r"saves = 10000000: must be <= 1,000,000"),
+    (["--solver", "euler", "--dt", "1e-300"], r"dt = 1e-300: solver euler would take t_end / dt = 2e\+300 steps"),
+    (["--solver", "gd", "--lr", "1e-300"], r"lr = 1e-300: t_end / lr = 2e\+300 iterations"),
+    (["--config", "/dev/zero"], r"config /dev/zero is larger than 1024 KiB"),
 ])
 def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
     _refused(capsys, tmp_path, "run", *FAST, *argv, "--out", str(tmp_path / "r.h5"), message=message)
@@ -243,3 +249,29 @@ def test_random_argument_vectors_exit_0_1_or_2_cleanly_and_leave_nothing_on_refu
         assert set(tmp.rglob("*")) <= before, (args, set(tmp.rglob("*")) - before)
     assert not list(tmp.rglob("*.lock")) and not list(finished.parent.glob("*.lock"))
     assert finished.read_bytes() == finished_bytes  # nothing touched the finished run
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
+    _refused(capsys, tmp_path, "run", *FAST, "--out", str(tmp_path / ("x" * 300 + ".h5")),
+             message="has 303 bytes; at most 235")
+
+
+def test_an_empty_figure_name_is_one_line(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    _refused(capsys, tmp_path, "plot", str(tmp_path / "runs"), "--kind", "phase", "-o", "", message="give a file name")
+
+
+USER_MODEL = ["--ptr", "30", "--pte", "10", "--t-end", "1", "--saves", "2"]
+
+
+def test_user_code_that_exits_is_one_line_and_exit_2(tmp_path, capsys):
+    _refused(capsys, tmp_path, "run", *USER_MODEL, "--model", "tests.gflow.usercode_exits:factory", "--out",
+             str(tmp_path / "r.h5"), message=r"model = .*raised SystemExit\(0\): user code tried to end the process")
+
+
+def test_an_interrupt_before_the_file_exists_claims_no_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "interrupting_mod.py").write_text("raise KeyboardInterrupt\n")
+    code, _, err = _cli(capsys, "run", *USER_MODEL, "--model", "interrupting_mod:f", "--out", str(tmp_path / "r.h5"))
+    assert code == 130 and err == "gflow: stopped by SIGINT\n", err
+    assert not (tmp_path / "r.h5").exists()

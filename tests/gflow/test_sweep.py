@@ -214,3 +214,115 @@ def test_a_sweep_over_a_factory_models_arguments_runs_on_every_engine(tmp_path, 
     assert w0[(6, 0)].shape == (6 * 64 + 6 + 12 + 3 * 6 + 3,) and not np.array_equal(w0[(6, 0)], w0[(6, 1)])
     again = run_sweep(sweep, tmp_path / "runs", engine="local", workers=2, progress=False)
     assert [r["action"] for r in again] == ["skip"] * 4
+
+
+# --- sweeps that lose nothing ----------------------------------------------------------------------
+
+def _cli(capsys, *argv):
+    from gflow.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return code, *capsys.readouterr()
+
+
+def test_a_killed_worker_is_reported_lost_and_the_sweep_goes_on_then_finishes_when_run_again(tmp_path, capsys):
+    flag = tmp_path / "killed-once"
+    (tmp_path / "s.toml").write_text(f"""
+[base]
+ptr = 30
+pte = 10
+t_end = 2.0
+saves = 3
+solver = "gradient-ratio"
+model = "tests.gflow.usercode:dies_once"
+model_args = {{ flag = "{flag}" }}
+
+[grid]
+seed = [0, 1, 2, 3]
+""")
+    runs = tmp_path / "runs"
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
+    assert code == 1 and flag.exists(), err
+    assert "Traceback" not in err and "BrokenProcessPool" not in out + err
+    assert "4 runs: 3 finished, 1 lost" in out and "its worker process died" in out
+    table = gflow.catalog(runs)
+    assert sorted(table["status"]) == ["finished", "finished", "finished", "lost"]
+    lost = table[table["status"] == "lost"].iloc[0]
+    assert lost["file"].endswith(".h5 (no file)") and lost["seed"] == int(lost["seed"])  # its config is listed too
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
+    assert code == 0 and "4 runs: 4 finished" in out, err
+    assert sorted(gflow.catalog(runs)["status"]) == ["finished"] * 4
+
+
+def test_a_run_that_fails_before_its_file_exists_is_on_record(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text("""
+[base]
+ptr = 30
+pte = 10
+t_end = 1.0
+saves = 2
+model = "tests.gflow.usercode:raises"
+
+[grid]
+seed = [0, 1]
+""")
+    runs = tmp_path / "runs"
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
+    assert code == 1 and "2 runs: 2 failed" in out and "this loader is broken" in out, err
+    assert not list(runs.glob("*.h5"))
+    code, out, err = _cli(capsys, "query", runs, "--columns", "file", "seed", "status", "stop_reason", "--format", "csv")
+    assert code == 0 and out.count(",failed,") == 2 and "(no file)" in out and "this loader is broken" in out, err
+
+
+def test_run_names_are_sanitised_and_bounded(tmp_path):
+    sweep = _sweep(tmp_path, """
+[base]
+ptr = 30
+pte = 10
+t_end = 1.0
+saves = 2
+model = "tests.gflow.usercode:mlp"
+model_args = { width = 4 }
+
+[grid]
+data_seed = [0, 1]
+model_args.note = ["../../escape/x", "y%s" ]
+""".replace("%s", "z" * 300))
+    names = [sweep.name(cfg) for cfg in sweep.runs()]
+    assert len(set(names)) == 4
+    assert all("/" not in n and len(n.encode()) <= 200 for n in names), names
+
+
+def test_a_grid_too_large_is_refused_before_it_is_expanded(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text("[grid]\nalpha = { log = [0.01, 100.0, 1000000000] }\n")
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs")
+    assert code == 2 and err.count("\n") == 1 and "n <= 100000 values" in err, err
+    (tmp_path / "s.toml").write_text("[grid]\nseed = { range = [0, 1000] }\nalpha = { lin = [1.0, 2.0, 1000] }\n")
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs")
+    assert code == 2 and "expands to 1000000 runs" in err, err
+
+
+def test_an_unreachable_scheduler_is_one_line_within_its_bound(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(TINY)
+    start = time.monotonic()
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs", "--engine", "dask",
+                          "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err, err
+    assert time.monotonic() - start < 30
+
+
+def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(TINY)
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", "/proc/self")
+    assert code == 2 and err.count("\n") == 1 and "cannot" in err and "/proc/self" in err, err
+
+
+def test_a_damaged_manifest_is_one_row_and_never_hides_the_runs(tmp_path):
+    traj = gflow.run(gflow.RunConfig(ptr=20, pte=5, width=4, t_end=1.0, saves=2), tmp_path / "a.h5", progress=False)
+    (tmp_path / "gflow-sweep.json").write_text("[" * 100_000)
+    table = gflow.catalog(tmp_path)
+    assert list(table["file"]) == [traj.path.name, "gflow-sweep.json"]
+    assert list(table["status"]) == ["finished", "unreadable"]

@@ -107,3 +107,16 @@ def wrong_arity():
 
 
 NOT_CALLABLE = 42
+
+
+def dies_once(flag: str, width: int = 8):
+    """An MLP, except the first time in a directory: then its process is killed (SIGKILL),
+    as the kernel's out-of-memory killer or a cluster's scheduler would."""
+    import os
+    import signal
+    from pathlib import Path
+
+    if not Path(flag).exists():
+        Path(flag).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return mlp(width=width)

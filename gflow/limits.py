@@ -1,0 +1,74 @@
+"""What a run of gflow's own data and network will need, estimated from its config before
+anything is allocated, and refused when it cannot fit.
+
+    data     (ptr + pte) x d input values, d the input dimension after downsampling / PCA
+    network  N parameters: FC  d h + (L - 1) h^2 + h k;  CNN  9 (c h + (L - 1) h^2) + h k
+    memory   data + N x WORKING_VECTORS (the state, its gradient, a method's Krylov basis and
+             stages) + ptr x h x L x 4 (activations of a forward and backward pass)
+
+in the run's dtype, against the memory available (MemAvailable on Linux). A user's own
+model or data is sized by the user's code, which gflow does not run to find out.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import RunConfig
+from .errors import ConfigError
+
+WORKING_VECTORS = 40
+# Input dimension and channels of the built-in data sets (images before downsampling).
+_INPUTS = {"digits": (64, 1), "fashion-mnist": (784, 1), "mnist": (784, 1)}
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable; all of it elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate(cfg: RunConfig, data: bool = True, network: bool = True) -> dict[str, int]:
+    """Bytes of the built-in data, parameters of the built-in network and bytes of memory
+    the run needs (module docstring); 0 for what the user's code or objects provide (a
+    reference in ``cfg``, or ``data`` / ``network`` false)."""
+    item = 4 if cfg.dtype == "float32" else 8
+    d, channels = _INPUTS.get(cfg.dataset, (cfg.dim, 1))
+    if cfg.dataset != "teacher" and cfg.downsample > 1:
+        d //= cfg.downsample**2
+    d = cfg.pca or d
+    points = cfg.ptr + cfg.pte
+    size = points * d * item if data and cfg.data is None else 0
+    if not network or cfg.model is not None:
+        return {"data": size, "parameters": 0, "memory": size}
+    k = len(cfg.classes or range(10)) if cfg.labels == "classes" else 1
+    h, depth = cfg.width, cfg.depth
+    if cfg.arch == "cnn":
+        parameters = 9 * (channels * h + (depth - 1) * h * h) + h * k
+    else:
+        parameters = d * h + (depth - 1) * h * h + h * k
+    activations = cfg.ptr * h * depth * 4 * item
+    return {"data": size, "parameters": parameters, "memory": size + parameters * WORKING_VECTORS * item + activations}
+
+
+def check_fits(cfg: RunConfig, data: bool = True, network: bool = True) -> None:
+    """One ConfigError naming the field and the estimate when the run cannot fit in memory
+    (``data`` / ``network`` false: the caller provides them as objects)."""
+    need = estimate(cfg, data, network)
+    free = available_memory()
+    if need["memory"] <= free:
+        return
+    if need["parameters"] * WORKING_VECTORS * (4 if cfg.dtype == "float32" else 8) > need["data"]:
+        field, value = ("width", cfg.width)
+        what = f"a network of about {need['parameters']:.3g} parameters"
+    else:
+        field, value = ("ptr", cfg.ptr)
+        what = f"{cfg.ptr + cfg.pte:,} points of data ({need['data'] / 2**30:.3g} GiB)"
+    raise ConfigError(field, value, f"{what}: the run needs about {need['memory'] / 2**30:.3g} GiB, more than the "
+                      f"{free / 2**30:.3g} GiB of memory available")

@@ -1,0 +1,7 @@
+"""A model factory that ends the process, as a careless script would."""
+
+import sys
+
+
+def factory():
+    sys.exit(0)
