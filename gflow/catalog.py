@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
-from .errors import GflowError
+from .errors import FileFormatError, GflowError
 from .geometry import check_threshold, first_crossing
 from .losses import classification_error
 from .manifest import NAME as MANIFEST
@@ -161,8 +161,9 @@ def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> p
     For each group of finished runs that differ only in ``seed``: with the learned function
     F_s(x) = alpha (f(w_s(T), x) - f(w_s(0), x)) of seed s on the test set, the mean predictor
     F_bar = mean_s F_s, its test error (:func:`~gflow.losses.classification_error`), the mean
-    single-run test error,
-    and the fluctuations delta_F = sqrt(mean_{s,x} (F_s - F_bar)^2).
+    single-run test error, and the fluctuations delta_F = sqrt(mean_{s,x} (F_s - F_bar)^2),
+    over the ``seeds`` runs whose outputs read; ``unreadable`` counts the group's runs whose
+    stored outputs fail their checks (one damaged file never hides its group).
     """
     table = catalog(directory)
     finished = table[table["status"] == "finished"]
@@ -171,21 +172,26 @@ def ensemble(directory: str | Path, by: Sequence[str] = ("alpha", "width")) -> p
     keys = [c for c in CONFIG if c != "seed"]
     rows = []
     for _, group in finished.groupby(keys, dropna=False, sort=True):
-        outputs, labels = [], None
-        for name in group["file"]:
-            traj = TrajectoryFile(Path(directory) / name)
-            alpha = traj.config.alpha
-            outputs.append(alpha * (traj.outputs(-1, "test") - traj.read("init/f0_test")))
-            y = traj.read("data/y_test")
+        outputs, labels, errors = [], None, []
+        for name, test_err in zip(group["file"], group["test_err"]):
+            try:
+                traj = TrajectoryFile(Path(directory) / name)
+                f_test, f0, y = traj.outputs(-1, "test"), traj.read("init/f0_test"), traj.read("data/y_test")
+            except FileFormatError:  # its last outputs fail their checksum: the others still average
+                continue
+            outputs.append(traj.config.alpha * (f_test - f0))
             if labels is not None and not np.array_equal(labels, y):
                 raise GflowError(f"{name}: another test set than the rest of its group (data_seed must not vary)")
             labels = y
+            errors.append(test_err)
+        if not outputs:
+            continue
         f = np.stack(outputs)
         f_bar = f.mean(axis=0)
         rows.append({
-            **{k: group[k].iloc[0] for k in by}, "seeds": len(group),
+            **{k: group[k].iloc[0] for k in by}, "seeds": len(outputs), "unreadable": len(group) - len(outputs),
             "ensemble_test_err": classification_error(torch.from_numpy(f_bar), torch.from_numpy(labels)),
-            "mean_test_err": float(group["test_err"].mean()),
+            "mean_test_err": float(np.mean(errors)),
             "delta_F": float(np.sqrt(((f - f_bar) ** 2).mean())),
         })
     return pd.DataFrame(rows)

@@ -157,8 +157,10 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
         (kind, args), = spec.items()
         if kind in ("log", "lin") and isinstance(args, list) and len(args) == 3 and isinstance(args[2], int):
             lo, hi, n = args
-            if not 1 <= n <= MAX_RUNS:
-                raise GflowError(f"{source}: [grid] {field} = {spec!r}: needs 1 <= n <= {MAX_RUNS} values")
+            if n < 1:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r}: needs n >= 1 values")
+            if n > MAX_RUNS:
+                raise GflowError(f"{source}: [grid] {field} = {spec!r}: at most {MAX_RUNS} values")
             if kind == "log" and not (lo > 0 and hi > 0):
                 raise GflowError(f"{source}: [grid] {field} log range needs positive ends, got {lo}, {hi}")
             values = np.geomspace(lo, hi, n) if kind == "log" else np.linspace(lo, hi, n)

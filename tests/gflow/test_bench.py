@@ -1,5 +1,10 @@
 """The benchmarks behind `gflow bench`: work-precision of every method, cost per evaluation."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +14,8 @@ from gflow.bench import check_selection, default_variants, overhead
 from gflow.cli import main
 
 from .configs import TINY
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_runs_end_to_end_on_a_tiny_problem(tmp_path, capsys):
@@ -79,3 +86,15 @@ def test_evaluations_to_reach_read_the_pareto_front_log_linearly():
     assert row["0.1"] == 100 and row["0.01"] == 100 and row["0.001"] == pytest.approx(400)
     assert row["0.0001"] == pytest.approx(np.sqrt(400 * 1000))  # halfway in log error, halfway in log evals
     assert np.isnan(row["1e-06"])
+
+
+def test_the_checksum_benchmark_measures_both_variants_and_writes_its_numbers(tmp_path):
+    (tmp_path / "tiny.toml").write_text("ptr = 40\npte = 10\nwidth = 8\nt_end = 5.0\nsaves = 5\n")
+    proc = subprocess.run([sys.executable, "benchmarks/checksums.py", "--repeats", "1", "--config",
+                           str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    numbers = json.loads((tmp_path / "out" / "checksums.json").read_text())
+    assert 0 < numbers["writer_share_without"] < 1 and 0 < numbers["writer_share_with"] < 1
+    assert numbers["file_bytes_with"] > numbers["file_bytes_without"]  # four bytes of checksum per chunk
+    assert "of the run's wall time" in proc.stdout

@@ -15,20 +15,11 @@ from hypothesis import strategies as st
 
 import gflow
 from gflow import RunConfig
-from gflow.cli import main
+
+from .commands import gflow_cli as _cli
 
 FAST = ["--ptr", "30", "--pte", "10", "--width", "6", "--depth", "1", "--t-end", "2", "--saves", "3",
         "--solver", "gradient-ratio"]
-
-
-def _cli(capsys, *argv):
-    """(exit code, stdout, stderr) of gflow in-process; argparse's own exits count too."""
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _refused(capsys, tmp_path, *argv, message):

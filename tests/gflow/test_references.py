@@ -10,9 +10,10 @@ import pytest
 
 import gflow
 from gflow import GflowError, RunConfig
-from gflow.cli import main
 from gflow.errors import UntrustedCode
 from gflow.references import call, resolve
+
+from .commands import gflow_cli as _cli
 
 FACTORY = RunConfig(model="tests.gflow.usercode:mlp", model_args={"width": 6}, ptr=30, pte=10, t_end=3.0, saves=3,
                     solver="gradient-ratio")
@@ -33,14 +34,6 @@ def _hostile(owned, tmp_path, name="hostile.h5", **changes):
         cfg.update(changes)
         f.attrs["config"] = json.dumps(cfg)
     return path
-
-
-def _cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, *capsys.readouterr()
 
 
 @pytest.fixture

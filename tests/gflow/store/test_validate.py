@@ -10,17 +10,9 @@ import pytest
 
 import gflow
 from gflow import FileFormatError
-from gflow.cli import main
 
+from ..commands import gflow_cli as _cli
 from .conftest import CFG
-
-
-def _cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, *capsys.readouterr()
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,36 @@ def test_the_step_table_records_the_ratio_the_controller_measured(tmp_path):
 
 
 
+def test_a_new_file_appears_at_its_name_only_once_complete(tmp_path, monkeypatch):
+    seen = []
+    create = writer_module.TrajectoryWriter._create
+
+    def spy(self, flow):
+        seen.append(self.path.exists())
+        create(self, flow)
+        seen.append(self.path.exists())
+
+    monkeypatch.setattr(writer_module.TrajectoryWriter, "_create", spy)
+    traj = gflow.run(CFG, tmp_path / "r.h5", progress=False)
+    assert seen == [False, False] and traj.status == "finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]  # the hidden name it was built under is gone
+
+
+def test_a_reader_polling_a_starting_run_never_finds_a_half_made_file(tmp_path):
+    path = tmp_path / "r.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "gflow.cli", "run", "--ptr", "40", "--pte", "10", "--width", "8",
+                             "--t-end", "5", "--saves", "5", "--out", str(path)], stdout=subprocess.DEVNULL)
+    errors, opened = set(), 0
+    while proc.poll() is None:
+        try:
+            gflow.open(path).summary()
+            opened += 1
+        except gflow.GflowError as e:
+            errors.add(str(e).split(": ", 1)[1][:40])
+    assert proc.returncode == 0 and gflow.open(path).status == "finished"
+    assert errors <= {"no such file"}, errors
+
+
 # --- a disk that fills up ------------------------------------------------------------------------
 
 
