@@ -16,10 +16,9 @@ and ``lost`` (its worker process died during the run: killed, out of memory). Th
 goes unrecorded.
 
 Workers update their own entry (``running`` when they take a run, its end state after);
-the sweep's process writes ``planned`` and ``lost``. Each update takes an exclusive lock on
-``DIR/.gflow-sweep.lock`` (opened without following links), writes the whole manifest to a
-fresh hidden file created exclusively and renames it over the old one: a reader never sees
-half a manifest. Reading is bounded (MAX_BYTES) and validated: a run directory is input
+the sweep's process writes ``planned`` and ``lost``. Each update takes an exclusive flock on
+the directory itself, writes the whole manifest to a fresh hidden file created exclusively
+and renames it over the old one: a reader never sees half a manifest. Reading is bounded (MAX_BYTES) and validated: a run directory is input
 from whoever made it, and a damaged manifest is one reason, never a crash.
 """
 
@@ -107,9 +106,9 @@ class Manifest:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        lock = self.directory / ".gflow-sweep.lock"
+        """An exclusive flock on the directory itself: no lock file to leave behind."""
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise GflowError(f"cannot lock the sweep manifest in {self.directory}: {_why(e)}") from None
         try:
