@@ -4,6 +4,7 @@ would call, and turns bad input into one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -345,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GflowError as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None or e.errno not in _PATH_ERRORS:
+            raise
+        # A path given on the command line that the system refuses (too long, read-only,
+        # not a directory, ...): bad input, found where no check of gflow's looked first.
+        print(f"gflow: error: cannot use {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except DiskFull as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         if e.unclean:  # HDF5 would crash closing the file at exit: end here, the file as a kill leaves it
@@ -363,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"; {target} holds every save so far (status stopped): gflow run --resume {target}" if target else ""
         print(f"gflow: stopped by {name}{where}", file=sys.stderr)
         return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+
+
+_PATH_ERRORS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
+                errno.ENOENT}
 
 
 if __name__ == "__main__":

@@ -315,11 +315,11 @@ def run_sweep(
     if workers is not None and workers < 1:
         raise GflowError(f"workers = {workers}: must be >= 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise GflowError(f"sweep output {out} exists and is not a directory")
     try:
+        if out.exists() and not out.is_dir():
+            raise GflowError(f"sweep output {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except OSError as e:  # a read-only place, a name too long for the file system
         raise GflowError(f"cannot create the sweep directory {out}: {e.strerror}") from None
     runs = sweep.runs()
     tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in runs]

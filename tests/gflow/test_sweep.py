@@ -306,10 +306,12 @@ def test_an_unreachable_scheduler_is_one_line_within_its_bound(tmp_path, capsys)
     assert time.monotonic() - start < 30
 
 
-def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
+def test_a_read_only_or_unnameable_output_directory_is_one_line(tmp_path, capsys):
     (tmp_path / "s.toml").write_text(TINY)
     code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", "/proc/self")
     assert code == 2 and err.count("\n") == 1 and "cannot" in err and "/proc/self" in err, err
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / ("r" * 300))
+    assert code == 2 and err.count("\n") == 1 and "File name too long" in err, err
 
 
 def test_a_damaged_manifest_is_one_row_and_never_hides_the_runs(tmp_path):

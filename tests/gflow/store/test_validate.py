@@ -226,9 +226,12 @@ def test_a_listing_survives_its_worst_member(good, tmp_path, capsys):
     for case in sorted(MALFORMED):
         path = _mutated(good, tmp_path, MALFORMED[case][0])
         os.replace(path, runs / f"bad {case}.h5")
+    (runs / "flipped.h5").write_bytes(good.read_bytes())
+    _flip_a_byte_of(runs / "flipped.h5", "saves/step")  # found past the checks the listing's summary reads
     table = gflow.catalog(runs)
     assert (table["status"] == "finished").sum() == 6
-    assert (table["status"] == "unreadable").sum() == len(MALFORMED)
+    assert (table["status"] == "unreadable").sum() == len(MALFORMED) + 1
+    assert "/saves/step cannot be read: a checksum mismatch" in table.loc[table["file"] == "flipped.h5", "stop_reason"].item()
     code, out, err = _cli(capsys, "query", runs, "--format", "csv")
     assert code == 0 and out.count("\n") == len(table) + 1, err
     code, out, err = _cli(capsys, "plot", runs, "--kind", "test-error", "-o", tmp_path / "f.png")
