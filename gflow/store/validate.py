@@ -230,7 +230,7 @@ def check_description(name: str, value: dict[str, Any], where: str) -> None:
         raise FileFormatError(f"{where}: attribute 'model' field 'parameters' should list [name, shape] pairs")
 
 
-def check_schema(f: h5py.File, where: str, version: int, cfg: RunConfig) -> None:
+def check_schema(f: h5py.File, where: str, cfg: RunConfig) -> None:
     """Types, shapes and ranges of everything the reader uses (module docstring)."""
     for name in ("run", "init", "data", "steps", "saves"):
         group(f, name, where)
@@ -245,10 +245,9 @@ def check_schema(f: h5py.File, where: str, version: int, cfg: RunConfig) -> None
         labels = dataset(f, f"data/y_{split}", where, "fiub", ndims=(1, 2))
         if labels.shape[0] != outputs.shape[0]:
             raise _bad(where, f"data/y_{split}", f"{outputs.shape[0]} labels (one per output row)", labels.shape[0])
-    for name in ("status", "stop_reason", "next_dt"):
-        kinds = "f" if name == "next_dt" else "S"
-        scalar(f, f"run/{name}", where, kinds)
     text(f, "run/status", where, STATUSES)
+    text(f, "run/stop_reason", where)
+    scalar(f, "run/next_dt", where, "f")
     state = 2 * n_params if cfg.momentum else n_params
 
     saves = dataset(f, "saves/t", where, "f", (None,), table=True)
