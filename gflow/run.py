@@ -132,7 +132,9 @@ def _check_output(out: Path, overwrite: bool) -> None:
     if len(out.name.encode()) > MAX_NAME_BYTES:
         raise GflowError(f"output name {out.name[:40]}... has {len(out.name.encode())} bytes; at most {MAX_NAME_BYTES} "
                          "(the file system's limit, less room for the lock and temporary names)")
-    if out.exists() or out.is_symlink():
+    if out.is_symlink():  # a run writes only a regular file it creates, never a link nor in place of one
+        raise GflowError(f"output {out} is a symbolic link; give the path of a regular file")
+    if out.exists():
         if not out.is_file():
             raise GflowError(f"output {out} exists and is not a regular file; --overwrite replaces only files")
         if not overwrite:

@@ -103,6 +103,15 @@ def test_a_link_planted_at_the_lock_creates_nothing(tmp_path, capsys):
     assert not target.exists() and not (tmp_path / "y.h5").exists()
 
 
+def test_a_new_run_never_writes_in_place_of_a_link(good, tmp_path, capsys):
+    (tmp_path / "out.h5").symlink_to(good)
+    before = good.read_bytes()
+    code, out, err = _cli(capsys, "run", "--ptr", "20", "--pte", "5", "--width", "4", "--t-end", "1", "--out",
+                          tmp_path / "out.h5", "--overwrite")
+    assert code == 2 and "is a symbolic link" in err and err.count("\n") == 1, err
+    assert (tmp_path / "out.h5").is_symlink() and good.read_bytes() == before
+
+
 def test_resume_neither_follows_a_planted_temporary_nor_replaces_a_link(stopped, tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"keep me")
