@@ -125,14 +125,14 @@ def _bad(where: str, name: str, expected: str, found: Any) -> FileFormatError:
     return FileFormatError(f"{where}: /{name} should be {expected}, found {found}")
 
 
-def group(f: h5py.File, name: str, where: str) -> h5py.Group:
+def group(f: h5py.File | _Tree, name: str, where: str) -> h5py.Group:
     obj = f.get(name)
     if not isinstance(obj, h5py.Group):
         raise FileFormatError(f"{where}: missing group /{name} (damaged or incomplete file)")
     return obj
 
 
-def dataset(f: h5py.File, name: str, where: str, kinds: str = "f", shape: Sequence[int | None] | None = None,
+def dataset(f: h5py.File | _Tree, name: str, where: str, kinds: str = "f", shape: Sequence[int | None] | None = None,
             ndims: Sequence[int] | None = None, table: bool = False) -> h5py.Dataset:
     """The dataset ``name``, checked: dtype kind in ``kinds``, and a shape matching ``shape``
     (None: any length; for a ``table``, the first entry is its least row count: a reader
@@ -157,7 +157,7 @@ def dataset(f: h5py.File, name: str, where: str, kinds: str = "f", shape: Sequen
     return obj
 
 
-def scalar(f: h5py.File, name: str, where: str, kinds: str) -> Any:
+def scalar(f: h5py.File | _Tree, name: str, where: str, kinds: str) -> Any:
     """A one-value dataset (shape () in files before version 5, (1,) since), read."""
     ds = dataset(f, name, where, kinds)
     if ds.shape not in ((), (1,)):
@@ -166,7 +166,7 @@ def scalar(f: h5py.File, name: str, where: str, kinds: str) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def text(f: h5py.File, name: str, where: str, choices: Sequence[str] | None = None) -> str:
+def text(f: h5py.File | _Tree, name: str, where: str, choices: Sequence[str] | None = None) -> str:
     """A bytes dataset as text (UTF-8; one of ``choices`` when given)."""
     raw = scalar(f, name, where, "S")
     try:
@@ -230,8 +230,31 @@ def check_description(name: str, value: dict[str, Any], where: str) -> None:
         raise FileFormatError(f"{where}: attribute 'model' field 'parameters' should list [name, shape] pairs")
 
 
-def check_schema(f: h5py.File, where: str, cfg: RunConfig) -> None:
+class _Tree:
+    """A file's objects by path, each looked up once: h5py's lookup by name is most of the
+    schema check's cost. Offers what the checks use of an h5py.File: ``get``, ``attrs``,
+    ``swmr_mode``, and the member names of a group (``members``)."""
+
+    def __init__(self, f: h5py.File) -> None:
+        self.attrs, self.swmr_mode = f.attrs, f.swmr_mode
+        self._f = f
+        self._objects: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name not in self._objects:
+            self._objects[name] = self._f.get(name)
+        return self._objects[name]
+
+    def members(self, name: str) -> list[str]:
+        return list(self.get(name))
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+
+def check_schema(file: h5py.File, where: str, cfg: RunConfig) -> None:
     """Types, shapes and ranges of everything the reader uses (module docstring)."""
+    f = _Tree(file)
     for name in ("run", "init", "data", "steps", "saves"):
         group(f, name, where)
     n_params = dataset(f, "init/w0", where, "f", (None,)).shape[0]
@@ -255,7 +278,8 @@ def check_schema(f: h5py.File, where: str, cfg: RunConfig) -> None:
     if live:
         saves.refresh()
     rows = saves.shape[0]
-    for name in f["saves"]:
+    saves_members = f.members("saves")
+    for name in saves_members:
         ds = dataset(f, f"saves/{name}", where, "f", table=True)
         if live:
             ds.refresh()
@@ -267,11 +291,11 @@ def check_schema(f: h5py.File, where: str, cfg: RunConfig) -> None:
     dataset(f, "saves/f_test", where, "f", (rows, *f0_test.shape), table=True)
     dataset(f, "saves/weight_change", where, "f", (rows, len(layers) if layers is not None else None), table=True)
     for name in ("state", "dstate"):
-        if name in f["saves"]:
+        if name in saves_members:
             dataset(f, f"saves/{name}", where, "f", (rows, state), table=True)
-    if "hessian" in f["saves"]:
+    if "hessian" in saves_members:
         dataset(f, "saves/hessian", where, "f", (rows, cfg.hessian_k or None), table=True)
-    if "representation_change" in f["saves"]:
+    if "representation_change" in saves_members:
         hidden = json_attribute(f["saves/representation_change"].attrs, "layers",
                                 f"{where} /saves/representation_change", list)
         dataset(f, "saves/representation_change", where, "f", (rows, len(hidden)), table=True)
@@ -279,15 +303,15 @@ def check_schema(f: h5py.File, where: str, cfg: RunConfig) -> None:
         values = read_data(f[f"saves/{name}"], slice(None, rows))
         if not np.isfinite(values).all() or (name != "t" and (values < 0).any()) or (np.diff(values) < 0).any():
             raise _bad(where, f"saves/{name}", "finite, non-negative and non-decreasing", "other values")
-    for name in f["steps"]:
+    for name in f.members("steps"):
         dataset(f, f"steps/{name}", where, "f", (None,), table=True)
-    if "kernel" in f:
+    if f.get("kernel") is not None:
         _check_kernel(f, where, f0)
-    if "checkpoint" in f:
+    if f.get("checkpoint") is not None:
         _check_checkpoint(f, where, state, rows)
 
 
-def _check_kernel(f: h5py.File, where: str, f0: h5py.Dataset) -> None:
+def _check_kernel(f: _Tree, where: str, f0: h5py.Dataset) -> None:
     attrs = f["kernel"].attrs
     n, outputs = attrs.get("n"), attrs.get("outputs", "trace")
     if isinstance(outputs, bytes):
@@ -307,13 +331,13 @@ def _check_kernel(f: h5py.File, where: str, f0: h5py.Dataset) -> None:
         raise _bad(where, "kernel/t", "finite times", "other values")
 
 
-def _check_checkpoint(f: h5py.File, where: str, state: int, rows: int) -> None:
+def _check_checkpoint(f: _Tree, where: str, state: int, rows: int) -> None:
     current = scalar(f, "checkpoint/current", where, "if")
     if current not in (-1, 0, 1):
         raise _bad(where, "checkpoint/current", "-1, 0 or 1", repr(current))
     scalars = dataset(f, "checkpoint/scalars", where, "f", (2, 7))
     dataset(f, "checkpoint/state", where, "f", (2, state))
-    if "digest" in f["checkpoint"]:
+    if "digest" in f.members("checkpoint"):
         dataset(f, "checkpoint/digest", where, "S", (2,))
     if current >= 0:
         t, _, step, evals, _, saves, row = read_data(scalars, int(current)).tolist()
