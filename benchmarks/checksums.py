@@ -72,7 +72,8 @@ def main() -> None:
         "file_bytes_with": int(np.median(sizes["with"])), "file_bytes_without": int(np.median(sizes["without"])),
     }
     print(f"{'':32s} {'with':>10s} {'without':>10s}")
-    print(f"{'writer share of wall time':32s} {result['writer_share_with']:10.4f} {result['writer_share_without']:10.4f}")
+    shares_row = f"{result['writer_share_with']:10.4f} {result['writer_share_without']:10.4f}"
+    print(f"{'writer share of wall time':32s} {shares_row}")
     print(f"{'file bytes':32s} {result['file_bytes_with']:10d} {result['file_bytes_without']:10d}")
     print(f"checksums and digests: {100 * result['checksum_share']:.2f}% of the run's wall time")
     out = Path(args.out)

@@ -28,4 +28,5 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     try:
         return tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise GflowError(f"{what} {path} is not valid TOML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GflowError(f"{what} {path} is not valid TOML: {first}") from None

@@ -18,8 +18,9 @@ goes unrecorded.
 Workers update their own entry (``running`` when they take a run, its end state after);
 the sweep's process writes ``planned`` and ``lost``. Each update takes an exclusive flock on
 the directory itself, writes the whole manifest to a fresh hidden file created exclusively
-and renames it over the old one: a reader never sees half a manifest. Reading is bounded (MAX_BYTES) and validated: a run directory is input
-from whoever made it, and a damaged manifest is one reason, never a crash.
+and renames it over the old one: a reader never sees half a manifest. Reading is bounded
+(MAX_BYTES) and validated: a run directory is input from whoever made it, and a damaged
+manifest is one reason, never a crash.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class Manifest:
         if not isinstance(runs, dict):
             raise GflowError(f"{self.path}: 'runs' should be a JSON object")
         for name, entry in runs.items():
-            if not (isinstance(entry, dict) and entry.get("state") in STATES and isinstance(entry.get("reason", ""), str)
-                    and isinstance(entry.get("config", {}), dict)):
+            if not (isinstance(entry, dict) and entry.get("state") in STATES
+                    and isinstance(entry.get("reason", ""), str) and isinstance(entry.get("config", {}), dict)):
                 raise GflowError(f"{self.path}: entry {name[:80]!r} should have a state among {', '.join(STATES)}, a "
                                  "reason and a config")
         return runs

@@ -87,8 +87,8 @@ class Sweep:
         keys = list(self.grid)
         total = math.prod(len(v) for v in self.grid.values())
         if total > MAX_RUNS:
-            raise GflowError(f"sweep: the grid expands to {total} runs ({' x '.join(str(len(v)) for v in self.grid.values())}); "
-                             f"at most {MAX_RUNS} runs a sweep")
+            sizes = " x ".join(str(len(v)) for v in self.grid.values())
+            raise GflowError(f"sweep: the grid expands to {total} runs ({sizes}); at most {MAX_RUNS} runs a sweep")
         base_fields = base.to_dict()
         for key in keys:
             field, _, argument = key.partition(".")
@@ -173,7 +173,8 @@ def _values(field: str, spec: Any, source: str) -> list[Any]:
             if not range(*args):
                 raise GflowError(f"{source}: [grid] {field} = {spec!r} is an empty range")
             if len(range(*args)) > MAX_RUNS:
-                raise GflowError(f"{source}: [grid] {field} = {spec!r} has {len(range(*args))} values; at most {MAX_RUNS}")
+                raise GflowError(f"{source}: [grid] {field} = {spec!r} has {len(range(*args))} values; "
+                                 f"at most {MAX_RUNS}")
             return list(range(*args))
     raise GflowError(
         f"{source}: [grid] {field} = {spec!r}: must be a list, {{log = [lo, hi, n]}}, {{lin = [lo, hi, n]}} "

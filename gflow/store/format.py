@@ -331,7 +331,7 @@ def check(path: Path) -> RunConfig:
                     check_description(name, json_attribute(f.attrs, name, str(path)), str(path))
             cfg = config_of(f, str(path))
             check_schema(f, str(path), cfg)
-        except (TypeError, IndexError, AttributeError, RecursionError, ArithmeticError) as e:  # a shape no check foresaw
+        except (TypeError, IndexError, AttributeError, RecursionError, ArithmeticError) as e:  # what no check foresaw
             raise FileFormatError(f"{path}: damaged ({type(e).__name__}: {_first_line(e)})") from None
         return cfg
 

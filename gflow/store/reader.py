@@ -223,7 +223,8 @@ class TrajectoryFile:
         with self._file() as f:
             n = committed(f, f"{group}/{columns[0]}")
             # A column added by a later format version reads as NaN in an older file.
-            return pd.DataFrame({c: read_data(f[f"{group}/{c}"], slice(None, n)) if c in f[group] else np.full(n, np.nan)
+            rows = slice(None, n)
+            return pd.DataFrame({c: read_data(f[f"{group}/{c}"], rows) if c in f[group] else np.full(n, np.nan)
                                  for c in columns})
 
     @property

@@ -93,7 +93,8 @@ def _check_attributes(obj: Any, name: str) -> str | None:
 def _check_storage(ds: h5py.h5d.DatasetID, name: str, bound: int) -> str | None:
     dcpl = ds.get_create_plist()
     if dcpl.get_layout() == h5py.h5d.VIRTUAL:
-        return f"/{name} is a virtual dataset (its data would come from other files); a trajectory file stores its own data"
+        return (f"/{name} is a virtual dataset (its data would come from other files); a trajectory file stores its "
+                "own data")
     if dcpl.get_external_count():
         return (f"/{name} keeps its data in another file (HDF5 external storage); a trajectory file stores its own "
                 "data")
@@ -107,7 +108,8 @@ def _check_storage(ds: h5py.h5d.DatasetID, name: str, bound: int) -> str | None:
         return f"/{name} has dtype {dtype}; trajectory datasets hold numbers or fixed-length bytes"
     nbytes = math.prod(ds.shape or ()) * dtype.itemsize
     if name not in SPARSE and nbytes > bound:
-        return f"/{name} declares shape {ds.shape} ({nbytes} bytes), more than a file of {bound // 4 - 2**18} bytes holds"
+        return (f"/{name} declares shape {ds.shape} ({nbytes} bytes), more than a file of {bound // 4 - 2**18} bytes "
+                "holds")
     return None
 
 
