@@ -346,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GflowError as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output left (gflow ... | head): nothing is wrong with the work
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 128 + signal.SIGPIPE
     except OSError as e:
         if e.filename is None or e.errno not in _PATH_ERRORS:
             raise
@@ -360,9 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(1)
         return 1
-    except BrokenPipeError:  # the reader of our output left (gflow ... | head): nothing is wrong with the work
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as e:
         name = getattr(e, "signame", "SIGINT")
         target = (args.resume or args.out) if args.command == "run" else None
