@@ -187,16 +187,12 @@ class TrajectoryWriter(Observer):
         assert self._creating is not None
         try:
             os.link(self._creating, self.path)
-        except FileExistsError:
-            self._discard_new()
-            self._lock.release()
-            raise RunBusy(f"output {self.path} was just created by another process") from None
-        except OSError:  # a file system without hard links: the lock keeps other gflow writers out
-            if self.path.exists() or self.path.is_symlink():
+        except OSError as e:
+            if isinstance(e, FileExistsError) or self.path.exists() or self.path.is_symlink():
                 self._discard_new()
                 self._lock.release()
                 raise RunBusy(f"output {self.path} was just created by another process") from None
-            os.rename(self._creating, self.path)
+            os.rename(self._creating, self.path)  # no hard links here: the lock keeps other gflow writers out
         self._creating.unlink(missing_ok=True)
         self._creating = None
 
