@@ -422,8 +422,11 @@ def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:
         reason = {"stopped": "stopped when another worker died; the sweep resumes it when run again"}.get(status, "")
         _record(out, {"state": status, "reason": reason})
         return {"name": out.stem, "action": "run", "status": status, "reason": reason}
-    reason = ("its worker process died during the run (killed, or out of memory); run the sweep again to "
-              + ("resume it" if status == "running" else "redo it"))
+    if state == "planned":
+        reason = f"never started: worker processes kept dying ({POOL_RESTARTS} fresh pools); run the sweep again"
+    else:
+        reason = ("its worker process died during the run (killed, or out of memory); run the sweep again to "
+                  + ("resume it" if status == "running" else "redo it"))
     _record(out, {"state": "lost", "reason": reason})
     return {"name": out.stem, "action": "lost", "status": "lost", "reason": reason}
 
