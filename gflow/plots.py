@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import catalog, ensemble, fluctuation_exponents
-from .errors import GflowError
+from .errors import FileFormatError, GflowError
 from .store import TrajectoryFile
 
 KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness", "weight-scaling", "layers")
@@ -206,7 +206,10 @@ def _per_run(directory: Path, table: pd.DataFrame, draw: Callable, axes) -> None
     scales = np.log10(table["scale"].to_numpy())
     norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
     for _, row in table.sort_values("scale").iterrows():
-        draw(axes, TrajectoryFile(directory / row["file"]), cmap(norm(np.log10(row["scale"]))))
+        try:
+            draw(axes, TrajectoryFile(directory / row["file"]), cmap(norm(np.log10(row["scale"]))))
+        except FileFormatError:  # data past what the catalog read fails its checks: the other runs still draw
+            continue
     axes[0].figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes),
                             label=r"$\log_{10}\sqrt{h}\,\alpha$")
 

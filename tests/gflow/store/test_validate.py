@@ -245,3 +245,14 @@ def test_a_listing_survives_its_worst_member(good, tmp_path, capsys):
     assert code == 0 and out.count("\n") == len(table) + 1, err
     code, out, err = _cli(capsys, "plot", runs, "--kind", "test-error", "-o", tmp_path / "f.png")
     assert code == 0 and (tmp_path / "f.png").stat().st_size > 0, err
+
+
+def test_a_figure_draws_the_other_runs_when_one_fails_its_checksum_past_the_catalog(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for alpha in (0.5, 2.0):
+        gflow.run(CFG.replace(alpha=alpha, kernel_n=10, kernel_every=1), runs / f"a{alpha}.h5", progress=False)
+    _flip_a_byte_of(runs / "a0.5.h5", "kernel/theta")  # an early snapshot: the catalog reads only the last
+    assert list(gflow.catalog(runs)["status"]) == ["finished", "finished"]
+    code, out, err = _cli(capsys, "plot", runs, "--kind", "alignment", "-o", tmp_path / "f.png")
+    assert code == 0 and (tmp_path / "f.png").stat().st_size > 0, err
