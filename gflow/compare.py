@@ -11,7 +11,9 @@ times: stored where it saved, replayed with its own method elsewhere), and the l
 L_a(t) - L_b(t). When a run stores its Hessian spectrum, its sharpness lambda_max(t) is
 a column, and for a gd / heavy-ball run so is lr * lambda_max(t): gradient descent is
 stable on a quadratic while this is below 2 (Cohen et al., "Gradient descent on neural
-networks typically occurs at the edge of stability", ICLR 2021).
+networks typically occurs at the edge of stability", ICLR 2021). A central flow adds its
+predictions of gradient descent's time-averaged loss and oscillation variance
+(``central_loss``, ``central_sigma2``; :mod:`gflow.central`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .trajectory import Trajectory, open_trajectory
 def compare(path_a: str | Path | Trajectory, path_b: str | Path | Trajectory, *,
             trust_code: bool = False) -> pd.DataFrame:
     """A table with columns t, distance, loss_a, loss_b, loss_gap, and where stored
-    lambda_max_a / lambda_max_b and lr_lambda_max_a / lr_lambda_max_b (see the module
+    lambda_max_a / lambda_max_b, lr_lambda_max_a / lr_lambda_max_b, central_loss_a /
+    central_loss_b and central_sigma2_a / central_sigma2_b (see the module
     docstring). The two runs must start from the same network and data. The second run's
     network is rebuilt (to replay between its saves): a run made with factory or loss
     references needs ``trust_code=True`` for that (see :func:`gflow.open`)."""
@@ -63,4 +66,7 @@ def compare(path_a: str | Path | Trajectory, path_b: str | Path | Trajectory, *,
             table[f"lambda_max_{name}"] = sharpness
             if traj.config.solver in DISCRETE:
                 table[f"lr_lambda_max_{name}"] = traj.config.lr * sharpness
+        if traj.has("saves/central_loss"):  # a central flow's predictions of gradient descent's averages
+            for column in ("central_loss", "central_sigma2"):
+                table[f"{column}_{name}"] = np.interp(times, traj.save_times, traj.read(f"saves/{column}"))
     return table

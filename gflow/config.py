@@ -33,7 +33,11 @@ DISCRETE = ("gd", "heavy-ball")  # training itself, at learning rate lr: t = k l
 MAX_SAVES = 1_000_000
 MAX_FIXED_STEPS = 10**9  # steps of a fixed-step method or iterations of gd / heavy-ball
 SOLVERS = NATIVE_SOLVERS + METHODS + ANCHORS + DISCRETE
-FLOWS = ("gradient", "momentum")
+FLOWS = ("gradient", "momentum", "central", "modified")
+GD_FLOWS = ("central", "modified")  # flows of gradient descent at lr itself (gflow.central)
+# The methods a flow of gradient descent may use: the central flow's mode switches are events
+# located on a method's dense output; the modified flow's field is a gradient's (real spectrum).
+GD_FLOW_SOLVERS = {"central": ("exponential", *METHODS), "modified": ("exponential", "chebyshev", "cvode", "tsit5", *METHODS)}
 CONTROLLERS = ("paper", "ratio-target")
 KERNEL_OUTPUTS = ("trace", "full")
 DEVICES = ("cpu", "cuda")
@@ -97,7 +101,9 @@ class RunConfig:
     centered: bool = _f(True, "subtract the initial output f0 (off: a = alpha f)")
     # solver
     solver: str = _f("exponential", "integrator (gradient-ratio and momentum: the paper's steppers, step for step)")
-    flow: str | None = _f(None, "ODE: gradient (default) or momentum (implied by solver momentum)")
+    flow: str | None = _f(None, "ODE: gradient (default), momentum (implied by solver momentum), or the flows of "
+                          "gradient descent at lr: central (its time average at the edge of stability) or modified "
+                          "(dw/dt = -grad(L + lr/4 |grad L|^2)); docs/CONVENTIONS.md")
     controller: str = _f("paper", "step controller of gradient-ratio and momentum")
     tau: float = _f(1.0, "momentum time scale (momentum flow)")
     tau_over_h: float | None = _f(None, "state tau as the paper's schedule instead: tau = tau_over_h "
@@ -111,7 +117,8 @@ class RunConfig:
                             "displacement from w0 (cvode: on w); 1e-7 for tsit5 and torchdiffeq's)")
     atol: float = _f(1e-9, "absolute tolerance of exponential, chebyshev, cvode, tsit5 and torchdiffeq methods")
     dt: float | None = _f(None, "step size of the fixed-step methods (euler, midpoint, rk4, implicit_adams)")
-    lr: float | None = _f(None, "learning rate of gd and heavy-ball (t advances by lr per iteration)")
+    lr: float | None = _f(None, "learning rate of gd and heavy-ball (t advances by lr per iteration), and of the "
+                          "gradient descent the central and modified flows model")
     momentum_beta: float = _f(0.9, "momentum coefficient of heavy-ball, in [0, 1) (0: gd)")
     # schedule and stopping
     t_end: float = _f(1e4, "time to integrate to")
@@ -165,6 +172,8 @@ class RunConfig:
             raise ConfigError("momentum_beta", self.momentum_beta, "must be in [0, 1)")
         if self.solver in DISCRETE:
             self._check_discrete()
+        if self.flow in GD_FLOWS:
+            self._check_gd_flow()
         if self.tau_alpha_crit is not None and self.tau_over_h is None:
             raise ConfigError("tau_alpha_crit", self.tau_alpha_crit, "caps the tau schedule: give tau_over_h too")
         if self.tau_over_h is not None and self.tau != _DEFAULTS["tau"]:
@@ -208,6 +217,19 @@ class RunConfig:
             raise ConfigError("flow", self.flow, "gd is plain gradient descent; for momentum use solver heavy-ball")
         if self.solver == "heavy-ball" and self.flow == "gradient":
             raise ConfigError("flow", self.flow, "heavy-ball carries a velocity (state (w, v)); leave flow unset")
+
+    def _check_gd_flow(self) -> None:
+        """The central and modified flows model gradient descent at lr: they need lr, the
+        gradient flow's state (no momentum) and a method that suits them."""
+        if self.lr is None:
+            raise ConfigError("lr", self.lr, f"flow {self.flow} models gradient descent at a learning rate: give --lr > 0")
+        allowed = GD_FLOW_SOLVERS[self.flow]
+        if self.solver not in allowed:
+            raise ConfigError("solver", self.solver, f"flow {self.flow} is integrated by {', '.join(allowed[:5])} or "
+                              "another torchdiffeq method")
+        if self.linearized:
+            raise ConfigError("linearized", self.linearized, f"flow {self.flow} needs the network's curvature; the "
+                              "linearized model's Hessian is constant")
 
     def _check_user_code(self, name: str, replaced: tuple[str, ...]) -> None:
         """With a model (data) reference, the built-in network (data) fields must stay unset,

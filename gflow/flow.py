@@ -228,10 +228,20 @@ def _check_loss(flow: GradientFlow, name: str | None) -> None:
                           f"must return one loss per sample, shape ({len(a)},), got {shape}")
 
 
+def _flow_class(cfg: RunConfig) -> type[GradientFlow]:
+    """GradientFlow, or for ``flow = "central" | "modified"`` the flow of gradient descent
+    (gflow.central builds on this module, hence the import here)."""
+    from .central import CentralFlow, ModifiedFlow
+
+    return {"central": CentralFlow, "modified": ModifiedFlow}.get(cfg.flow or "gradient", GradientFlow)
+
+
 def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | None = None,
           loss: Loss | str | None = None, file: str | os.PathLike[str] | None = None,
           trust_code: bool = False) -> GradientFlow:
-    """The gradient-flow problem of a run: data, network at initialisation, loss.
+    """The gradient-flow problem of a run: data, network at initialisation, loss (for
+    ``flow = "central"`` or ``"modified"``, the flow of gradient descent at ``lr``:
+    :mod:`gflow.central`).
 
     Each of the three comes, in this order of precedence, from the argument (a
     ``torch.nn.Module``; a tuple ``(x_train, y_train, x_test, y_test)`` or
@@ -264,7 +274,7 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
         raise ConfigError("kernel_n", cfg.kernel_n, f"must be <= the {len(dataset.x_train)} training points")
     sources = {"model": {**model_source, **net.describe()}, "data": data_source, "loss": loss_source}
     try:
-        flow = GradientFlow(cfg, net, dataset, loss_fn, sources)
+        flow = _flow_class(cfg)(cfg, net, dataset, loss_fn, sources)
     except RuntimeError as e:  # the module rejected the inputs (shapes, dtypes)
         raise ConfigError("model", sources["model"]["class"], f"cannot be applied to the inputs of shape "
                           f"{tuple(dataset.x_train.shape)} ({str(e).splitlines()[0]})") from None

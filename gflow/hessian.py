@@ -81,3 +81,49 @@ def top_eigenvalues(flow: GradientFlow, w: torch.Tensor, k: int = 1, tol: float 
     values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, ncv=min(n, max(2 * k + 2, 10)))
     order = np.argsort(values)[::-1]
     return Spectrum(values[order], vectors[:, order], count)
+
+
+def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray, count: int, tol: float,
+              like: torch.Tensor, max_dim: int = 60) -> Spectrum:
+    """The top ``count`` eigenpairs of the symmetric H behind ``product`` (v -> H v, e.g.
+    :func:`hessian_vector_product`; vectors like ``like``: dtype, device) continued from
+    nearby ones, ``start`` (n x p columns, p > count: the previous state's vectors), by block Rayleigh-Ritz with residual
+    expansion (Davidson's method without a preconditioner, which spans the same space as
+    block Lanczos from ``start``):
+
+        B = orth[start, r_1, r_2, ...],   (theta, y) = eig(B^T H B),   r_i = H B y_i - theta_i B y_i,
+
+    adding the residuals of the top p Ritz pairs until those of the top ``count`` have
+    ||r_i|| <= tol |theta_1|. Along a path the vectors turn by about the step, so from a
+    state 1e-8 away (a finite-difference Jacobian product) one or two expansions reach
+    rounding: p to 3p products, against ARPACK's minimum of its basis size per restart.
+    Thick restart (the top p Ritz vectors kept) when the basis would pass ``max_dim``. The
+    extra start vectors (p > count) guard against an eigenvalue that overtakes the tracked
+    ones from below."""
+    n = start.shape[0]
+    basis = torch.linalg.qr(torch.from_numpy(np.ascontiguousarray(start)).to(like))[0]
+    p = basis.shape[1]
+    images = torch.stack([product(basis[:, j]) for j in range(p)], dim=1)
+    products = p
+    while True:
+        small = basis.T @ images
+        values, vectors = torch.linalg.eigh((small + small.T) / 2)
+        values, vectors = values.flip(0), vectors.flip(1)
+        ritz = basis @ vectors[:, :p]
+        residuals = images @ vectors[:, :p] - ritz * values[:p]
+        norms = residuals.norm(dim=0)
+        scale = float(values[0].abs())
+        if bool((norms[:count] <= tol * scale).all()) or basis.shape[1] >= n:
+            break
+        if basis.shape[1] + p > max_dim:  # thick restart on the top p Ritz vectors
+            basis, images = ritz, images @ vectors[:, :p]
+        fresh = residuals - basis @ (basis.T @ residuals)
+        fresh = fresh - basis @ (basis.T @ fresh)  # twice: orthogonal to rounding
+        keep = fresh.norm(dim=0) > 1e-14 * max(scale, 1e-300)
+        if not bool(keep.any()):
+            break
+        fresh = torch.linalg.qr(fresh[:, keep])[0]
+        basis = torch.cat([basis, fresh], dim=1)
+        images = torch.cat([images, torch.stack([product(fresh[:, j]) for j in range(fresh.shape[1])], dim=1)], dim=1)
+        products += fresh.shape[1]
+    return Spectrum(values[:p].cpu().numpy(), ritz.cpu().double().numpy(), products)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
+import torch
 
 from solvers import (
     EXPRB43,
+    Counters,
     EXPRB53S3,
     Adaptive,
     Chebyshev,
@@ -18,10 +22,13 @@ from solvers import (
     HeavyBall,
     LocalError,
     MaxSteps,
+    Observer,
     RatioTarget,
     Scheme,
+    Solution,
     TorchDiffEq,
     WallClock,
+    integrate,
     torchode_backend,
 )
 from solvers import sundials as sundials_module
@@ -163,3 +170,27 @@ def describe_method(cfg: RunConfig) -> str:
             parts.append(f"scheme={exponential_scheme(cfg).name}")
         parts += [f"rtol={cfg.tolerance:g}", f"atol={cfg.atol:g}"]
     return " ".join(parts)
+
+
+def integrate_flow(flow: GradientFlow, y0: torch.Tensor, t_span: tuple[float, float], *,
+                   save_at: Sequence[float] = (), observers: Iterable[Observer] = (), events: Iterable[Event] = (),
+                   dt: float | None = None, counters: Counters = Counters()) -> Solution:
+    """:func:`solvers.integrate` with the config's method, through the mode switches of a
+    hybrid flow: a flow with ``crossings()`` (the central flow) is integrated until one of
+    its events is located, switched there (``cross``), and integrated on from that state
+    with the same observers, save times and counters; its mode at ``y0`` comes from
+    ``settle``. Every other flow is one call of ``integrate``."""
+    observers, events = list(observers), list(events)
+    hybrid = hasattr(flow, "crossings")
+    if hybrid:
+        flow.settle(y0)
+    t0, t_end = t_span
+    while True:
+        crossings = flow.crossings() if hybrid else []
+        solution = integrate(flow, y0, (t0, t_end), make_method(flow.cfg, flow), save_at=save_at,
+                             observers=observers, events=[*crossings, *events], dt=dt, counters=counters)
+        if solution.stop.status != "event":
+            return solution
+        flow.cross(solution.stop)
+        t0, y0, dt, counters = solution.t, solution.y, solution.dt, solution.counters
+        save_at = [t for t in save_at if t > t0]

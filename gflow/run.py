@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from solvers import Counters, Stop, integrate
+from solvers import Counters, Stop
 
 from .config import RunConfig
 from .errors import DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
 from .losses import Loss
-from .methods import check_available, make_events, make_method, save_times
+from .methods import check_available, integrate_flow, make_events, save_times
 from .progress import ProgressBar
 from .store import RunLock, TrajectoryWriter
 from .store.format import repair_truncated
@@ -77,9 +77,8 @@ def _integrate_into(
     signals = SignalStop()
     try:
         with signals.installed():
-            solution = integrate(flow, y0, (t0, cfg.t_end), make_method(cfg, flow), save_at=times,
-                                 observers=[writer, bar], events=[*make_events(cfg, flow), signals],
-                                 dt=dt, counters=counters)
+            solution = integrate_flow(flow, y0, (t0, cfg.t_end), save_at=times, observers=[writer, bar],
+                                      events=[*make_events(cfg, flow), signals], dt=dt, counters=counters)
             writer.finish(solution.stop, solution.dt)
     except DiskFull as e:  # resumable once there is room (finish does nothing after a failed write)
         writer.finish(Stop("stopped", str(e)), None)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from solvers import Observer, SaveRecord, hermite, integrate
+from solvers import Observer, SaveRecord, hermite
 
 from .errors import GflowError
 from .flow import DataArg, GradientFlow, build
@@ -34,7 +34,7 @@ from .geometry import (
 )
 from .kernels import ntk, relative_change
 from .losses import Loss
-from .methods import make_method
+from .methods import integrate_flow
 from .store import TrajectoryFile
 
 if TYPE_CHECKING:
@@ -189,8 +189,8 @@ class Trajectory(TrajectoryFile):
             if later:
                 collect = _Collect()
                 dt = float(steps[k])
-                integrate(flow, start, (t0, later[-1]), make_method(self.config, flow), save_at=later,
-                          observers=[collect], dt=None if np.isnan(dt) else dt)
+                integrate_flow(flow, start, (t0, later[-1]), save_at=later, observers=[collect],
+                               dt=None if np.isnan(dt) else dt)
                 out.update(collect.states)
         return [out[t] for t in times]
 

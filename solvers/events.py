@@ -3,6 +3,11 @@
 An event is a callable ``event(ev, progress) -> Stop | None``. The integration stops at
 the first event that fires, with the event's status and reason. Reaching t_end, a
 non-finite evaluation and a collapsing step size are handled by the entry point itself.
+
+A :class:`Crossing` is located, not merely checked: the integration ends at the time inside
+the step where a continuous function g(t, y) crosses zero (status ``event``), the way
+SciPy's ``solve_ivp`` treats terminal events, so a caller can switch the vector field there
+(a hybrid system) and start again from that state.
 """
 
 from __future__ import annotations
@@ -12,15 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import torch
+from scipy.optimize import brentq
+
+from .dense import Interpolant
 from .problem import Evaluation
 
-Status = Literal["finished", "stopped", "failed"]
+Status = Literal["finished", "stopped", "failed", "event"]
 
 
 @dataclass(frozen=True)
 class Stop:
     """Why an integration ended. ``finished``: it reached its goal (t_end or a condition);
-    ``stopped``: a budget ran out or it was interrupted; ``failed``: the numbers broke."""
+    ``stopped``: a budget ran out or it was interrupted; ``failed``: the numbers broke;
+    ``event``: a :class:`Crossing` was located (the caller goes on from there)."""
 
     status: Status
     reason: str
@@ -74,6 +84,38 @@ class MaxSteps:
         if progress.steps >= self.steps:
             return Stop("stopped", f"maximum of {self.steps} steps reached")
         return None
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A terminal event located inside a step: the integration ends at the t* where
+    ``g(t, y)`` crosses zero, ``direction`` +1 from below (g < 0 before, g >= 0 after), -1
+    from above, 0 either way. g is evaluated at every accepted state; when its sign changes
+    across a step, t* is found by Brent's method on the step's dense output (no evaluation
+    of the problem; each try one call of g) to ``xtol`` of the step's length, and the
+    integration ends there with status ``event`` and reason ``name``. Saves after t* are not
+    served: they belong to what the caller integrates next."""
+
+    g: Callable[[float, torch.Tensor], float]
+    name: str
+    direction: int = 0
+    xtol: float = 1e-10
+
+    def crossed(self, before: float, after: float) -> bool:
+        """Whether g went from ``before`` to ``after`` through zero in this event's direction."""
+        upward = before < 0 <= after
+        downward = before > 0 >= after
+        return upward if self.direction > 0 else downward if self.direction < 0 else upward or downward
+
+    def locate(self, step: Interpolant, t0: float, g0: float, t1: float, g1: float) -> float:
+        """The crossing time in (t0, t1] on the step's dense output ``step``."""
+        if g1 == 0:
+            return t1
+
+        def g(t: float) -> float:
+            return g0 if t == t0 else self.g(t, step(t)[0])
+
+        return float(brentq(g, t0, t1, xtol=self.xtol * (t1 - t0), rtol=8.9e-16))
 
 
 def non_finite(ev: Evaluation) -> Stop | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .dense import Interpolant, hermite_step
-from .events import Event, Progress, Stop, non_finite
+from .events import Crossing, Event, Progress, Stop, non_finite
 from .method import Method
 from .observers import Observer, SaveRecord, StepRecord
 from .problem import CountingProblem, Evaluation, Problem
@@ -75,7 +75,11 @@ def integrate(
     hit exactly (a step is shortened to land on each). The final state is saved too when it
     is not a save time. Every accepted step goes to ``on_step``. After each accepted step
     the evaluation is checked for NaN/inf (status ``failed``), its saves are reported, and
-    then each event is checked; the first to fire ends the integration. ``dt`` overrides
+    then each event is checked; the first to fire ends the integration. A
+    :class:`~solvers.events.Crossing` among the events is checked first and located inside
+    the step: the integration then ends at the crossing (status ``event``, the final state
+    from the step's dense output, the step itself not reported to ``on_step`` nor saved at
+    its end), and the caller may go on from ``Solution.ev``. ``dt`` overrides
     the method's first step; ``counters`` continue the counts of an earlier integration
     that is being resumed.
     """
@@ -84,6 +88,8 @@ def integrate(
         raise ValueError(f"t_end = {t_end:g} must be > t0 = {t0:g}")
     saves = _check_save_times(save_at, t0, t_end)
     observers, events = list(observers), list(events)
+    crossings = [e for e in events if isinstance(e, Crossing)]
+    events = [e for e in events if not isinstance(e, Crossing)]
     counting = CountingProblem(problem, counters.evals)
     counting.observed = counters.observed
     start = time.perf_counter() - counters.wall
@@ -102,9 +108,32 @@ def integrate(
         n_saved += 1
         saved_at = t
 
+    def locate(ev: Evaluation, step: Interpolant, dt_next: float | None) -> Stop | None:
+        """End at the earliest crossing inside the step (its saves up to there served)."""
+        nonlocal previous, located, values
+        now = [c.g(ev.t, ev.y) for c in crossings]
+        hits = sorted((c.locate(step, previous.t, before, ev.t, after), i) for i, (c, before, after)
+                      in enumerate(zip(crossings, values, now)) if c.crossed(before, after))
+        values = now
+        if not hits:
+            return None
+        t, i = hits[0]
+        y, dydt = step(t)
+        located = Evaluation(t=t, y=y, dydt=dydt)
+        due = [s for s in pending if s <= t]
+        del pending[: len(due)]
+        for k, s in enumerate(due):
+            y_s, dydt_s = (y, dydt) if s == t else step(s)
+            save(s, y_s, dydt_s, None, located, dt_next, closes=k == len(due) - 1)
+        return Stop("event", f"{crossings[i].name} at t = {t:.10g}")
+
     def on_step(ev: Evaluation, h: float, rejected: int, ratios: dict[str, float],
                 interpolant: Interpolant | None = None, dt_next: float | None = None) -> Stop | None:
         nonlocal steps, previous
+        if crossings and ev.finite:
+            crossed = locate(ev, interpolant or hermite_step(previous, ev), dt_next)
+            if crossed:
+                return crossed
         steps += 1
         record = StepRecord(ev, h, steps, rejected, counting.count, wall(), ratios)
         for obs in observers:
@@ -124,19 +153,22 @@ def integrate(
         return stop
 
     saved_at: float | None = None
+    located: Evaluation | None = None
     ev = previous = counting.evaluate(t0, y0)
     stop = non_finite(ev)
+    values = [c.g(t0, y0) for c in crossings] if stop is None else []
     pending = [t for t in saves if t > t0]
     if saves and saves[0] == t0 or stop:
         save(ev.t, ev.y, ev.dydt, ev, ev, dt)
     while stop is None:
         target = t_end if interpolating or not pending else pending[0]
         ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
+        ev = located or ev
         hit = not interpolating and bool(pending) and ev.t == pending[0]
         if hit:
             pending.pop(0)
         if stop is None and ev.t >= t_end:
             stop = Stop("finished", "reached t_end")
-        if hit or (stop is not None and saved_at != ev.t):
+        if hit or (stop is not None and stop.status != "event" and saved_at != ev.t):
             save(ev.t, ev.y, ev.dydt, ev, ev, dt)
     return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved, counting.observed))

@@ -47,6 +47,10 @@ OPTIONAL_STEP_COLUMNS = ("ritz_max",)
 SAVE_SCALARS = ("t", "step", "evals", "wall", "dt", "train_loss", "train_err", "test_loss", "test_err", "grad_norm",
                 "forwards", "interpolated", "has_state")
 ADDED_IN_4 = ("saves/forwards", "saves/interpolated", "saves/has_state")
+# Written only by the central flow (gflow.central): tr X, the predicted time-averaged loss,
+# the number of eigenvalues at the edge, and the cumulative Hessian-vector products and
+# third-derivative products of its vector field (in the field's own evaluations).
+CENTRAL_SAVE_COLUMNS = ("central_sigma2", "central_loss", "central_k", "central_hvps", "central_thirds")
 REQUIRED = (
     "run/status", "run/stop_reason", "run/next_dt", "init/w0", "init/f0_train", "init/f0_test", "data/y_train", "data/y_test",
     *(f"steps/{c}" for c in STEP_COLUMNS), *(f"saves/{c}" for c in SAVE_SCALARS),

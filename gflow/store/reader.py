@@ -19,6 +19,7 @@ import torch
 
 from ..errors import FileFormatError, GflowError
 from .format import (
+    CENTRAL_SAVE_COLUMNS,
     OPTIONAL_STEP_COLUMNS,
     SAVE_SCALARS,
     STEP_COLUMNS,
@@ -238,8 +239,14 @@ class TrajectoryFile:
 
     @property
     def saves(self) -> pd.DataFrame:
-        """One row per save: t, step, evals, wall, train/test loss and error, grad_norm."""
-        return self._table("saves", SAVE_SCALARS)
+        """One row per save: t, step, evals, wall, train/test loss and error, grad_norm; for a
+        central flow also ``central_sigma2`` (tr X, the predicted variance of gradient
+        descent's oscillation), ``central_loss`` (its predicted time-averaged loss),
+        ``central_k`` (eigenvalues at the edge), ``central_hvps`` and ``central_thirds``
+        (the field's cumulative Hessian-vector and third-derivative products)."""
+        with self._file() as f:
+            extra = tuple(c for c in CENTRAL_SAVE_COLUMNS if c in f["saves"])
+        return self._table("saves", (*SAVE_SCALARS, *extra))
 
     def checkpoint(self) -> dict[str, Any] | None:
         """Where a continuation starts: the last accepted state on disk (``state``, a tensor)

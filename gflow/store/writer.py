@@ -33,6 +33,7 @@ from ..errors import DiskFull, GflowError, RunBusy
 from ..hessian import top_eigenvalues
 from ..kernels import ntk, relative_change
 from .format import (
+    CENTRAL_SAVE_COLUMNS,
     CHECKPOINT_COLUMNS,
     FORMAT,
     FORMAT_VERSION,
@@ -124,6 +125,8 @@ class TrajectoryWriter(Observer):
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
         self._hessian_vectors: np.ndarray | None = None  # the last save's, to start the next Lanczos
+        # The central flow stores the top of the spectrum it tracks: two eigenvalues unless asked for more.
+        self._hessian_k = flow.cfg.hessian_k or (2 if flow.cfg.flow == "central" else 0)
         self._kernel_x = flow.x_train[: flow.cfg.kernel_n]
         # Hidden pre-activations on the kernel subset at w0, for the representation change.
         hidden = getattr(flow.model, "hidden", None)
@@ -247,9 +250,12 @@ class TrajectoryWriter(Observer):
         saves.attrs["layers"] = json.dumps(list(flow.model.layers))
         # States and derivatives only at some saves: the other rows are never written, so
         # HDF5 allocates no chunk for them and reads them as the NaN fill value.
-        if flow.cfg.hessian_k > 0:
-            create_table(saves, "hessian", (flow.cfg.hessian_k,))
+        if self._hessian_k > 0:
+            create_table(saves, "hessian", (self._hessian_k,))
             create_table(saves, "hessian_products")
+        if flow.cfg.flow == "central":
+            for c in CENTRAL_SAVE_COLUMNS:
+                create_table(saves, c)
         create_table(saves, "state", (len(flow.y0),), dtype, fill=np.nan)
         if flow.cfg.save_derivatives:
             create_table(saves, "dstate", (len(flow.y0),), dtype, fill=np.nan)
@@ -319,7 +325,7 @@ class TrajectoryWriter(Observer):
         flow, item = self.flow, self.flow.w0.element_size()
         n = item * (flow.f0_train.numel() + flow.f0_test.numel() + len(flow.y0) * (3 + flow.cfg.save_derivatives))
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
-        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + flow.cfg.hessian_k + 1 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
+        return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + self._hessian_k + 6 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
 
     def _resumable(self) -> str:
@@ -401,8 +407,12 @@ class TrajectoryWriter(Observer):
             now = flow.model.hidden(w, self._kernel_x)
             append(saves["representation_change"], np.array([[float((now[name] - z0).norm() / z0.norm())
                                                               for name, z0 in self._hidden0.items()]]))
-        if flow.cfg.hessian_k > 0:
-            spectrum = top_eigenvalues(flow, w, flow.cfg.hessian_k, flow.cfg.hessian_tol, self._hessian_vectors)
+        if flow.cfg.flow == "central":
+            a = flow.analysis(record.y)
+            scalars.update({"central_sigma2": a.sigma2, "central_loss": a.central_loss, "central_k": len(a.x),
+                            "central_hvps": flow.products["hvp"], "central_thirds": flow.products["third"]})
+        if self._hessian_k > 0:
+            spectrum = top_eigenvalues(flow, w, self._hessian_k, flow.cfg.hessian_tol, self._hessian_vectors)
             self._hessian_vectors = spectrum.vectors
             append(saves["hessian"], spectrum.values[None])
             append(saves["hessian_products"], np.array([spectrum.products], dtype=np.float64))
