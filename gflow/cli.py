@@ -121,6 +121,12 @@ def format_summary(traj: Any) -> str:
             f"  train        loss {s['train_loss']:.4e}  error {s['train_err']:.4f}",
             f"  test         loss {s['test_loss']:.4e}  error {s['test_err']:.4f}",
         ]
+        if cfg.flow == "central" and len(traj):
+            last = traj.saves.iloc[-1]
+            lines.append(f"  central      {int(last['central_k'])} eigenvalue(s) at the edge 2/lr = {2 / cfg.lr:.6g}; "
+                         f"predicted GD loss {last['central_loss']:.4e}, oscillation variance tr X "
+                         f"{last['central_sigma2']:.4e}; {int(last['central_hvps'])} Hessian-vector and "
+                         f"{int(last['central_thirds'])} third-derivative products")
     disk = traj.storage()
     lines.append(f"  stored       {disk['saves']} saves ({disk['states']} with the state, {disk['forwards']} forward "
                  f"passes for interpolated ones), {disk['bytes'] / 1e6:.2f} MB, "

@@ -93,7 +93,7 @@ def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray
 
         B = orth[start, r_1, r_2, ...],   (theta, y) = eig(B^T H B),   r_i = H B y_i - theta_i B y_i,
 
-    adding the residuals of the top p Ritz pairs until those of the top ``count`` have
+    adding the residuals of those of the top ``count`` Ritz pairs that have not yet
     ||r_i|| <= tol |theta_1|. Along a path the vectors turn by about the step, so from a
     state 1e-8 away (a finite-difference Jacobian product) one or two expansions reach
     rounding: p to 3p products, against ARPACK's minimum of its basis size per restart.
@@ -117,6 +117,8 @@ def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray
             break
         if basis.shape[1] + p > max_dim:  # thick restart on the top p Ritz vectors
             basis, images = ritz, images @ vectors[:, :p]
+        # Only the unconverged pairs' residuals: the guard vectors ride along in the Ritz step.
+        residuals = residuals[:, :count][:, norms[:count] > tol * scale]
         fresh = residuals - basis @ (basis.T @ residuals)
         fresh = fresh - basis @ (basis.T @ fresh)  # twice: orthogonal to rounding
         keep = fresh.norm(dim=0) > 1e-14 * max(scale, 1e-300)

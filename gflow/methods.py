@@ -38,7 +38,7 @@ from solvers.sundials import Sundials
 from solvers.torchdiffeq_backend import FIXED
 from solvers.torchode_backend import TorchODE
 
-from .config import DISCRETE, NATIVE_SOLVERS, RunConfig
+from .config import DISCRETE, GD_FLOWS, NATIVE_SOLVERS, RunConfig
 from .errors import ConfigError
 from .flow import GradientFlow
 from .losses import margins
@@ -153,7 +153,8 @@ def make_events(cfg: RunConfig, flow: GradientFlow) -> list[Event]:
 
 def describe_method(cfg: RunConfig) -> str:
     """The solver and the settings it uses (not those it ignores), e.g.
-    ``exponential scheme=exprb53s3 rtol=0.0002 atol=1e-06`` or ``momentum tau=1 controller=paper max_dgrad=0.0001 max_dout=0.1``."""
+    ``exponential scheme=exprb53s3 rtol=0.0002 atol=1e-06``, ``exponential flow=central lr=0.5
+    scheme=exprb53s3 ...`` or ``momentum tau=1 controller=paper max_dgrad=0.0001 max_dout=0.1``."""
     parts = [cfg.solver]
     if cfg.solver in DISCRETE:
         return " ".join(parts + [f"lr={cfg.lr:g}"] + ([f"beta={cfg.momentum_beta:g}"] if cfg.momentum else []))
@@ -161,6 +162,8 @@ def describe_method(cfg: RunConfig) -> str:
         parts.append("flow=momentum")
     if cfg.momentum:
         parts.append(f"tau={cfg.time_constant:g}")
+    if cfg.flow in GD_FLOWS:
+        parts += [f"flow={cfg.flow}", f"lr={cfg.lr:g}"]
     if cfg.solver in ("gradient-ratio", "momentum"):
         parts += [f"controller={cfg.controller}", f"max_dgrad={cfg.max_dgrad:g}", f"max_dout={cfg.max_dout:g}"]
     elif cfg.solver in FIXED:

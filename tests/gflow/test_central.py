@@ -183,3 +183,67 @@ def test_the_central_flow_is_built_for_user_models_too():
     flow = gflow.build(gflow.RunConfig(flow="central", lr=0.1, model="tests.gflow.usercode:mlp",
                                        model_args={"width": 8}, ptr=20, pte=5))
     assert isinstance(flow, CentralFlow) and flow.edge == pytest.approx(20.0)
+
+
+class _Arch(nn.Module):
+    """L(z, v, r) = -c.v - r + gamma r (b.v) + (s0 + b.v) z^2 / 2: along the flow r grows and
+    turns the sharpening rate beta = b.c - gamma r |b|^2 negative, so the central flow reaches
+    the edge, holds it, and leaves it when beta (its X) reaches 0."""
+
+    def __init__(self, b, c, s0, gamma):
+        super().__init__()
+        self.z, self.v, self.r = (nn.Parameter(torch.zeros(n)) for n in (1, len(b), 1))
+        self.register_buffer("b", torch.tensor(b))
+        self.register_buffer("c", torch.tensor(c))
+        self.s0, self.gamma = s0, gamma
+
+    def forward(self, x):
+        bv = self.b @ self.v
+        value = -(self.c @ self.v) - self.r[0] + self.gamma * self.r[0] * bv + 0.5 * (self.s0 + bv) * self.z[0] ** 2
+        return value * torch.ones(len(x), dtype=x.dtype)
+
+
+def test_entering_and_leaving_the_edge_are_located_as_a_reference_hybrid_integration_finds_them(tmp_path):
+    import scipy.integrate
+
+    b, c, s0, gamma, lr = np.array([1.0, 0.5, 0.0]), np.array([0.2, 0.1, 0.3]), 0.5, 0.01, 1.0
+    edge = 2 / lr
+
+    def free(t, y):
+        v, r = y[:3], y[3]
+        return np.r_[c - gamma * r * b, 1 - gamma * (b @ v)]
+
+    def held(t, y):
+        v, r = y[:3], y[3]
+        push = c - gamma * r * b
+        return np.r_[push - (b @ push) / (b @ b) * b, 1 - gamma * (b @ v)]
+
+    def reaches(t, y):
+        return s0 + b @ y[:3] - edge
+
+    def leaves(t, y):
+        return b @ (c - gamma * y[3] * b)
+
+    reaches.terminal, leaves.terminal = True, True
+    times = np.r_[0.0, np.geomspace(1.0, 30.0, 15)]
+    options = {"rtol": 1e-12, "atol": 1e-12, "dense_output": True}
+    first = scipy.integrate.solve_ivp(free, (0, 30), np.zeros(4), events=reaches, **options)
+    second = scipy.integrate.solve_ivp(held, (first.t[-1], 30), first.y[:, -1], events=leaves, **options)
+    third = scipy.integrate.solve_ivp(free, (second.t[-1], 30), second.y[:, -1], **options)
+    t_enter, t_leave = first.t[-1], second.t[-1]
+    assert 5 < t_enter < 10 and 15 < t_leave < 25  # the reference does enter and leave
+
+    def reference(t):
+        phase = first if t <= t_enter else second if t <= t_leave else third
+        return phase.sol(t)
+
+    cfg = gflow.RunConfig(flow="central", lr=lr, t_end=30.0, saves=15, save_t_min=1.0, centered=False, rtol=1e-8,
+                          atol=1e-12)
+    traj = gflow.run(cfg, tmp_path / "arch.h5", model=_Arch(b.tolist(), c.tolist(), s0, gamma),
+                     data=(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1)), loss=_identity, progress=False)
+    assert np.allclose(traj.save_times, times)
+    k = traj.saves["central_k"].to_numpy()
+    for i, t in enumerate(times):
+        assert np.allclose(traj.weights(i).numpy(), np.r_[0.0, reference(t)], atol=1e-6), t
+        assert k[i] == (1 if t_enter < t <= t_leave else 0), t
+    assert k.max() == 1 and k[-1] == 0
