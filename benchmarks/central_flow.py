@@ -15,11 +15,13 @@ Three problems, each with gradient descent at two learning rates eta:
   block, 386 parameters, 10-class digits 7 x 7, cross-entropy, alpha = 1; 2/eta = 10, 20).
 
 For each: the output distance of each flow to gradient descent over time
-(||f_GD - f_flow|| / ||f_flow - f0|| at GD's save times), their sharpness, and GD's loss
-with its running mean over 20 iterations against the central flow's ``central_loss``. The
-table (central_flow.csv) has, after the central flow reaches the edge: the largest
-|lambda_max eta / 2 - 1| of the central flow, the mean distance to GD of each flow, and the
-median relative gap between ``central_loss`` and GD's running-mean loss.
+(||f_GD - f_flow|| / ||f_flow - f0|| at GD's save times; also to GD's time average, its
+outputs averaged over a centred window of 20 iterations, which the central flow models),
+their sharpness, and GD's loss with its running mean over 20 iterations against the central
+flow's ``central_loss``. The table (central_flow.csv) has, after the central flow reaches the
+edge: the largest |lambda_max eta / 2 - 1| of the central flow, the mean distance of each
+flow to GD's iterates (``dist_*``) and to their time average (``avg_dist_*``), and the median
+relative gap between ``central_loss`` and GD's running-mean loss.
 
 Cost (cost.csv): the central flow at one setting (mse, 2/eta = 4) against the anchor's scheme
 (Cohen et al.'s code: Euler steps of a quarter of a GD step, an eigensolve per substep; here
@@ -96,36 +98,66 @@ def _problem(name: str, base: gflow.RunConfig, levels: tuple[float, ...], out: P
         central_wall = time.perf_counter() - clock
         modified = gflow.run(flows.replace(flow="modified", lr=eta), out / f"{name}-modified-{level:g}.h5",
                              overwrite=True, progress=False)
-        tables = {label: gflow.compare(gd, run) for label, run in
-                  (("gradient", gradient), ("modified", modified), ("central", central))}
+        times = gd.save_times[gd.save_times > 0]
+        f0 = gd.read("init/f0_train")
+        iterates = np.stack([gd.outputs(i) for i in np.flatnonzero(gd.save_times > 0)])
+        averaged = _gd_average(gd, times)
+        distances, averaged_distances = {}, {}
+        for label, run in (("gradient", gradient), ("modified", modified), ("central", central)):
+            f = run.train_outputs_at(times)
+            norm = np.sqrt(((f - f0) ** 2).reshape(len(times), -1).sum(1))
+            distances[label] = np.sqrt(((iterates - f) ** 2).reshape(len(times), -1).sum(1)) / norm
+            averaged_distances[label] = np.sqrt(((averaged - f) ** 2).reshape(len(times), -1).sum(1)) / norm
         steps = gd.steps
         running = steps["loss"].rolling(WINDOW, center=True, min_periods=1).mean()
         saves = central.saves
         entered = saves["t"][saves["central_k"] >= 1]
         t_edge = float(entered.iloc[0]) if len(entered) else np.inf
-        after = tables["central"]["t"] >= t_edge
+        after = times >= t_edge
         sharp = central.hessian_spectrum()[1][:, 0]
         held = (saves["central_k"] >= 1).to_numpy()
-        gd_average = np.interp(tables["central"]["t"], steps["t"], running)
-        predicted = tables["central"]["central_loss_b"]
-        gap = np.abs(predicted - gd_average) / gd_average
+        gd_sharp = np.interp(times, *(lambda t, v: (t, v[:, 0]))(*gd.hessian_spectrum()))
+        gap = np.abs(np.interp(times, saves["t"], saves["central_loss"]) - np.interp(times, steps["t"], running)) \
+            / np.interp(times, steps["t"], running)
+
+        def mean_after(values: np.ndarray) -> float:
+            return float(values[after].mean()) if after.any() else np.nan
+
         rows.append({
             "problem": name, "2/eta": level, "eta": eta, "gd_iterations": iterations, "t_edge": t_edge,
             "central_sharpness_max_dev": float(np.abs(sharp[held] * eta / 2 - 1).max()) if held.any() else np.nan,
-            "gd_sharpness_late_over_edge": float(np.median(tables["central"]["lambda_max_a"][after]) / level)
-            if after.any() else np.nan,
+            "gd_sharpness_late_over_edge": float(np.median(gd_sharp[after]) / level) if after.any() else np.nan,
             "flow_sharpness_end_over_edge": float(gradient.hessian_spectrum()[1][-1, 0] / level),
-            **{f"dist_{label}": float(t["distance"][after].mean()) if after.any() else np.nan
-               for label, t in tables.items()},
-            "central_over_gradient": float(tables["central"]["distance"][after].mean()
-                                           / tables["gradient"]["distance"][after].mean()) if after.any() else np.nan,
+            **{f"dist_{label}": mean_after(d) for label, d in distances.items()},
+            "central_over_gradient": mean_after(distances["central"]) / mean_after(distances["gradient"]),
+            **{f"avg_dist_{label}": mean_after(d) for label, d in averaged_distances.items()},
+            "avg_central_over_gradient": mean_after(averaged_distances["central"])
+            / mean_after(averaged_distances["gradient"]),
             "central_loss_gap_median": float(np.median(gap[after])) if after.any() else np.nan,
             "central_evals": int(saves["evals"].iloc[-1]), "central_hvps": int(saves["central_hvps"].iloc[-1]),
             "central_thirds": int(saves["central_thirds"].iloc[-1]), "central_wall_s": central_wall,
         })
-        runs["levels"][level] = {"gd": gd, "central": central, "modified": modified, "tables": tables,
+        runs["levels"][level] = {"gd": gd, "central": central, "modified": modified, "times": times,
+                                 "distances": distances, "averaged": averaged_distances, "gd_sharpness": gd_sharp,
                                  "running": (steps["t"].to_numpy(), running.to_numpy())}
     return {"rows": rows, **runs}
+
+
+def _gd_average(gd: gflow.Trajectory, times: np.ndarray) -> np.ndarray:
+    """GD's time-averaged outputs at ``times``: the iterations replayed (one gradient each;
+    the stored run's own iterates, checked at its last save), f(w_k) on the training set
+    averaged over a centred window of WINDOW iterations."""
+    flow, eta = gd.flow, gd.config.lr
+    w = flow.w0.clone()
+    outputs = []
+    for _ in range(round(gd.config.t_end / eta) + 1):
+        loss, grad, f = flow.loss_and_grad(w)
+        outputs.append(f.cpu().numpy())
+        w = w - eta * grad
+    outputs = np.stack(outputs)
+    assert np.allclose(outputs[-1], gd.outputs(-1), rtol=1e-10, atol=1e-12), "the replay left the stored run"
+    k = np.round(times / eta).astype(int)
+    return np.stack([outputs[max(0, i - WINDOW // 2): i + WINDOW // 2].mean(0) for i in k])
 
 
 def _units(flow: gflow.GradientFlow, w: torch.Tensor, repeats: int = 20) -> dict[str, float]:
@@ -196,22 +228,22 @@ def _figure(panels: dict[str, dict], path: Path) -> None:
         keep = times > 0
         row[0].loglog(times[keep], values[keep, 0], "k-", lw=2, label="gradient flow")
         for level, r in runs["levels"].items():
-            table = r["tables"]["central"]
-            line, = row[0].loglog(table["t"], table["lambda_max_a"], ".", ms=4, label=f"GD, 2/eta = {level:g}")
+            line, = row[0].loglog(r["times"], r["gd_sharpness"], ".", ms=4, label=f"GD, 2/eta = {level:g}")
             color = line.get_color()
             t_c, v_c = r["central"].hessian_spectrum()
             row[0].loglog(t_c[t_c > 0], v_c[t_c > 0, 0], "-", color=color, lw=1.5, label="central flow")
             t_m, v_m = r["modified"].hessian_spectrum()
             row[0].loglog(t_m[t_m > 0], v_m[t_m > 0, 0], ":", color=color, lw=1.5, label="modified flow")
             row[0].axhline(level, color=color, ls="--", lw=0.8)
-            for label, style in (("gradient", "k-"), ("modified", ":"), ("central", "-")):
-                t = r["tables"][label]
-                row[1].loglog(t["t"], t["distance"], style, color="k" if label == "gradient" else color, lw=1.2,
-                              label=f"{label} flow, 2/eta = {level:g}")
+            for label, style in (("gradient", "-"), ("modified", ":"), ("central", "-")):
+                row[1].loglog(r["times"], r["distances"][label], style, lw=1.2 if label == "central" else 0.8,
+                              color="k" if label == "gradient" else color, label=f"{label} flow, 2/eta = {level:g}")
+            row[1].loglog(r["times"], r["averaged"]["central"], "--", color=color, lw=1.2,
+                          label=f"central flow to GD's {WINDOW}-iteration mean")
             steps_t, running = r["running"]
-            row[2].semilogx(r["gd"].steps["t"], r["gd"].steps["loss"], "-", color=color, lw=0.4, alpha=0.5)
-            row[2].semilogx(steps_t, running, "-", color=color, lw=1.5, label=f"GD running mean, 2/eta = {level:g}")
-            row[2].semilogx(table["t"], table["central_loss_b"], "k--", lw=1.2)
+            row[2].loglog(r["gd"].steps["t"], r["gd"].steps["loss"], "-", color=color, lw=0.4, alpha=0.5)
+            row[2].loglog(steps_t, running, "-", color=color, lw=1.5, label=f"GD running mean, 2/eta = {level:g}")
+            row[2].loglog(r["central"].save_times, r["central"].saves["central_loss"], "--", color="k", lw=1.2)
         row[2].plot([], [], "k--", label="central flow's central_loss")
         row[0].set_title(f"{name}: sharpness (dashed: 2/eta)", fontsize=10)
         row[0].set_ylabel(r"$\lambda_{\max}$")

@@ -247,3 +247,72 @@ def test_entering_and_leaving_the_edge_are_located_as_a_reference_hybrid_integra
         assert np.allclose(traj.weights(i).numpy(), np.r_[0.0, reference(t)], atol=1e-6), t
         assert k[i] == (1 if t_enter < t <= t_leave else 0), t
     assert k.max() == 1 and k[-1] == 0
+
+
+def test_a_torchdiffeq_method_integrates_the_same_central_flow(tmp_path):
+    cfg = SHARPENING.replace(flow="central", lr=LR, t_end=6.0, saves=4)
+    default = gflow.run(cfg, tmp_path / "exponential.h5", progress=False)
+    dopri = gflow.run(cfg.replace(solver="dopri5", rtol=1e-8, atol=1e-10), tmp_path / "dopri5.h5", progress=False)
+    assert dopri.saves["central_k"].iloc[-1] == default.saves["central_k"].iloc[-1] == 1
+    change = np.linalg.norm(default.outputs(-1) - default.outputs(0))
+    assert np.linalg.norm(dopri.outputs(-1) - default.outputs(-1)) < 1e-3 * change
+
+
+def test_show_reports_the_edge_and_the_predictions(tmp_path, capsys):
+    traj = gflow.run(SHARPENING.replace(flow="central", lr=LR, t_end=6.0, saves=4), tmp_path / "c.h5", progress=False)
+    code, out, _ = gflow_cli(capsys, "show", traj.path)
+    assert code == 0 and "flow=central lr=0.333333" in out
+    last = traj.saves.iloc[-1]
+    assert f"1 eigenvalue(s) at the edge 2/lr = 6; predicted GD loss {last['central_loss']:.4e}" in out
+
+
+class _TwoRidges(nn.Module):
+    """L(z, v) = -c.v + sum_i (s_i + b_i.v) z_i^2 / 2: two sharpening directions, so two
+    eigenvalues reach the edge in turn and both are held (k = 2)."""
+
+    def __init__(self, b, c, s):
+        super().__init__()
+        self.z = nn.Parameter(torch.zeros(2))
+        self.v = nn.Parameter(torch.zeros(len(c)))
+        self.register_buffer("b", torch.tensor(b))
+        self.register_buffer("c", torch.tensor(c))
+        self.register_buffer("s", torch.tensor(s))
+
+    def forward(self, x):
+        value = -(self.c @ self.v) + 0.5 * ((self.s + self.b @ self.v) * self.z**2).sum()
+        return value * torch.ones(len(x), dtype=x.dtype)
+
+
+def test_two_eigenvalues_reach_the_edge_in_turn_and_the_flow_projects_out_both(tmp_path):
+    b = np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 0.3, 1.0, 0.0]])
+    c, s, lr = np.array([0.2, 0.1, 0.3, 0.1]), np.array([0.5, 0.3]), 1.0
+    edge = 2 / lr
+
+    def project(vectors: np.ndarray, x: np.ndarray) -> np.ndarray:
+        basis = np.linalg.qr(vectors.T)[0]
+        return x - basis @ (basis.T @ x)
+
+    # Closed form: v = c t until s_2 + b_2.v reaches the edge, then the flow moves along c
+    # projected off b_2 until s_1 + b_1.v does, then along c projected off both.
+    t2 = (edge - s[1]) / (b[1] @ c)
+    off_2 = project(b[1:], c)
+    t1 = t2 + (edge - s[0] - b[0] @ c * t2) / (b[0] @ off_2)
+    off_both = project(b, c)
+    assert t2 < t1 < 10
+
+    def v(t: float) -> np.ndarray:
+        return c * min(t, t2) + off_2 * np.clip(t - t2, 0, t1 - t2) + off_both * max(t - t1, 0)
+
+    cfg = gflow.RunConfig(flow="central", lr=lr, t_end=10.0, saves=12, save_t_min=1.0, centered=False, rtol=1e-8,
+                          atol=1e-12, hessian_k=3, hessian_tol=1e-10)
+    traj = gflow.run(cfg, tmp_path / "two.h5", model=_TwoRidges(b.tolist(), c.tolist(), s.tolist()),
+                     data=(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1)), loss=_identity, progress=False)
+    k = traj.saves["central_k"].to_numpy()
+    spectrum = traj.hessian_spectrum()[1]
+    gram = b @ b.T
+    for i, t in enumerate(traj.save_times):
+        assert np.allclose(traj.weights(i).numpy(), np.r_[0.0, 0.0, v(t)], atol=1e-7), t
+        assert k[i] == int(t > t2) + int(t > t1), t
+        if t > t1:  # both held: X = 2 G^-1 (b_i.c), tr X stored
+            assert traj.saves["central_sigma2"][i] == pytest.approx(np.sum(2 * np.linalg.solve(gram, b @ c)), rel=1e-7)
+            assert spectrum[i, :2] == pytest.approx([edge, edge], rel=1e-7)
