@@ -170,7 +170,7 @@ class CentralFlow(GradientFlow):
         self.products = {"hvp": 0, "third": 0}
         self._vectors: np.ndarray | None = None
         self._last: tuple[torch.Tensor, int, Analysis] | None = None
-        self._spectra: tuple[torch.Tensor, int, float, Spectrum] | None = None
+        self._spectra: tuple[torch.Tensor, int, float, Spectrum, int] | None = None
         if self.n_params < 3:
             raise ConfigError("flow", "central", f"needs a model with at least 3 parameters (this one has {self.n_params})")
         sharpness = float(self._spectrum(self.y0, 1, EVENT_TOL).values[0])
@@ -186,20 +186,20 @@ class CentralFlow(GradientFlow):
         none yet; cached for the last y."""
         count = min(count, self.n_params - 2)
         if self._spectra is not None and self._spectra[0] is y and self._spectra[1] >= count \
-                and self._spectra[2] <= tol:
+                and self._spectra[2] <= tol and self._spectra[4] == self.critical:
             return self._spectra[3]
         w, p = self.weights(y), count + 1
         if self._vectors is None or self._vectors.shape[1] < p:
             spectrum = top_eigenvalues(self, w, p, min(tol, 1e-10), self._vectors)
-        else:
+        else:  # the critical ones followed by continuity: the field stays smooth past an entering event
             product = graph.hvp if graph is not None else hessian_vector_product(self, w)
-            spectrum = track_top(product, self._vectors[:, :p], count, tol, self.w0)
+            spectrum = track_top(product, self._vectors[:, :p], count, tol, self.w0, follow=self.critical)
         self.products["hvp"] += spectrum.products
         if self._vectors is not None and self._vectors.shape[1] > p:  # keep the deeper ones as later starts
             self._vectors = np.concatenate([spectrum.vectors, self._vectors[:, p:]], axis=1)
         else:
             self._vectors = spectrum.vectors
-        self._spectra = (y, count, tol, spectrum)
+        self._spectra = (y, count, tol, spectrum, self.critical)
         return spectrum
 
     def analysis(self, y: torch.Tensor) -> Analysis:
@@ -272,9 +272,20 @@ class CentralFlow(GradientFlow):
             events.append(Crossing(self._holding, "the flow left the edge", direction=-1))
         return events
 
-    def cross(self, stop: Stop) -> None:
-        """Switch the mode at an event located by the integrator."""
-        self.critical += 1 if stop.reason.startswith("an eigenvalue") else -1
+    def cross(self, stop: Stop, y: torch.Tensor) -> None:
+        """Switch the mode at an event located by the integrator at state ``y``. Entering:
+        the eigenvector that reached the edge (the first one after the critical ones) joins
+        them. Leaving: the critical basis is rotated so that the direction the flow leaves
+        along (X's null vector at the event) comes last, and is let go."""
+        if stop.reason.startswith("an eigenvalue"):
+            self.critical += 1
+            return
+        k = self.critical
+        a = self.analysis(y)
+        rotation = np.linalg.eigh(complementarity.equality_solution(a.gram, a.beta))[1][:, ::-1]
+        held = np.asarray(a.spectrum.vectors[:, :k]) @ rotation
+        self._vectors = np.concatenate([held, self._vectors[:, k:]], axis=1)
+        self.critical -= 1
 
     def settle(self, y: torch.Tensor) -> None:
         """The mode of a state an integration starts from: the eigenvalues within EDGE_TOL of

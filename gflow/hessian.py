@@ -84,7 +84,7 @@ def top_eigenvalues(flow: GradientFlow, w: torch.Tensor, k: int = 1, tol: float 
 
 
 def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray, count: int, tol: float,
-              like: torch.Tensor, max_dim: int = 60) -> Spectrum:
+              like: torch.Tensor, follow: int = 0, max_dim: int = 60) -> Spectrum:
     """The top ``count`` eigenpairs of the symmetric H behind ``product`` (v -> H v, e.g.
     :func:`hessian_vector_product`; vectors like ``like``: dtype, device) continued from
     nearby ones, ``start`` (n x p columns, p > count: the previous state's vectors), by block Rayleigh-Ritz with residual
@@ -99,9 +99,16 @@ def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray
     rounding: p to 3p products, against ARPACK's minimum of its basis size per restart.
     Thick restart (the top p Ritz vectors kept) when the basis would pass ``max_dim``. The
     extra start vectors (p > count) guard against an eigenvalue that overtakes the tracked
-    ones from below."""
+    ones from below.
+
+    ``follow`` = f: the first f pairs are those whose vectors lie most in the span of
+    ``start``'s first f columns (followed by continuity, whatever their order by value),
+    the others the largest of the rest. A family of eigenpairs held at one value (the
+    central flow's critical ones) is then a smooth function of the state even where
+    another eigenvalue rises past it."""
     n = start.shape[0]
     basis = torch.linalg.qr(torch.from_numpy(np.ascontiguousarray(start)).to(like))[0]
+    followed = basis[:, :follow]
     p = basis.shape[1]
     images = torch.stack([product(basis[:, j]) for j in range(p)], dim=1)
     products = p
@@ -109,6 +116,12 @@ def track_top(product: Callable[[torch.Tensor], torch.Tensor], start: np.ndarray
         small = basis.T @ images
         values, vectors = torch.linalg.eigh((small + small.T) / 2)
         values, vectors = values.flip(0), vectors.flip(1)
+        if follow:
+            overlap = ((followed.T @ (basis @ vectors)) ** 2).sum(0)
+            chosen = torch.sort(torch.argsort(overlap, descending=True)[:follow]).values
+            rest = torch.tensor([j for j in range(len(values)) if j not in set(chosen.tolist())], dtype=torch.long)
+            order = torch.cat([chosen, rest])
+            values, vectors = values[order], vectors[:, order]
         ritz = basis @ vectors[:, :p]
         residuals = images @ vectors[:, :p] - ritz * values[:p]
         norms = residuals.norm(dim=0)

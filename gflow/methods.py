@@ -194,6 +194,6 @@ def integrate_flow(flow: GradientFlow, y0: torch.Tensor, t_span: tuple[float, fl
                              observers=observers, events=[*crossings, *events], dt=dt, counters=counters)
         if solution.stop.status != "event":
             return solution
-        flow.cross(solution.stop)
+        flow.cross(solution.stop, solution.y)
         t0, y0, dt, counters = solution.t, solution.y, solution.dt, solution.counters
         save_at = [t for t in save_at if t > t0]

@@ -81,8 +81,8 @@ class _Ridge(nn.Module):
         super().__init__()
         self.z = nn.Parameter(torch.zeros(1))
         self.v = nn.Parameter(torch.zeros(len(b)))
-        self.register_buffer("b", torch.tensor(b))
-        self.register_buffer("c", torch.tensor(c))
+        self.register_buffer("b", torch.tensor(b, dtype=torch.float64))
+        self.register_buffer("c", torch.tensor(c, dtype=torch.float64))
         self.s0 = s0
 
     def forward(self, x):
@@ -193,8 +193,8 @@ class _Arch(nn.Module):
     def __init__(self, b, c, s0, gamma):
         super().__init__()
         self.z, self.v, self.r = (nn.Parameter(torch.zeros(n)) for n in (1, len(b), 1))
-        self.register_buffer("b", torch.tensor(b))
-        self.register_buffer("c", torch.tensor(c))
+        self.register_buffer("b", torch.tensor(b, dtype=torch.float64))
+        self.register_buffer("c", torch.tensor(c, dtype=torch.float64))
         self.s0, self.gamma = s0, gamma
 
     def forward(self, x):
@@ -274,9 +274,9 @@ class _TwoRidges(nn.Module):
         super().__init__()
         self.z = nn.Parameter(torch.zeros(2))
         self.v = nn.Parameter(torch.zeros(len(c)))
-        self.register_buffer("b", torch.tensor(b))
-        self.register_buffer("c", torch.tensor(c))
-        self.register_buffer("s", torch.tensor(s))
+        self.register_buffer("b", torch.tensor(b, dtype=torch.float64))
+        self.register_buffer("c", torch.tensor(c, dtype=torch.float64))
+        self.register_buffer("s", torch.tensor(s, dtype=torch.float64))
 
     def forward(self, x):
         value = -(self.c @ self.v) + 0.5 * ((self.s + self.b @ self.v) * self.z**2).sum()
