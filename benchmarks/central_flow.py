@@ -153,7 +153,7 @@ def _gd_average(gd: gflow.Trajectory, times: np.ndarray) -> np.ndarray:
     for _ in range(round(gd.config.t_end / eta) + 1):
         loss, grad, f = flow.loss_and_grad(w)
         outputs.append(f.cpu().numpy())
-        w = w - eta * grad
+        w = torch.add(w, -grad, alpha=eta)  # gflow's Euler step, to the bit
     outputs = np.stack(outputs)
     assert np.allclose(outputs[-1], gd.outputs(-1), rtol=1e-10, atol=1e-12), "the replay left the stored run"
     k = np.round(times / eta).astype(int)

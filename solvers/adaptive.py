@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .controllers import Controller
+from .controllers import Controller, FixedStep
 from .events import Stop, non_finite, step_collapsed
 from .method import OnStep, Segment
 from .problem import CountingProblem, Evaluation
@@ -40,16 +40,22 @@ class Adaptive:
         self, problem: CountingProblem, ev: Evaluation, t_stop: float, dt: float | None, on_step: OnStep
     ) -> Segment:
         dt = self.dt0 if dt is None else dt
+        fixed = isinstance(self.controller, FixedStep)
         while ev.t < t_stop:
             rejected = blowups = 0
             while True:
                 remaining = t_stop - ev.t
-                # Land on t_stop when the step would stop a rounding error short of it.
+                # Land on t_stop when the step would stop a rounding error short of it. A
+                # fixed step keeps its own size there (t_stop - t differs from it by rounding):
+                # gradient descent's iterates stay those of lr, not of lr give or take an ulp.
                 h = remaining if dt >= remaining * (1 - 1e-10) else dt
+                lands = h == remaining
+                if fixed and abs(dt - remaining) <= 1e-10 * remaining:
+                    h, lands = dt, True
                 collapsed = step_collapsed(ev.t, h, self.dt_min)
                 if collapsed:
                     return Segment(ev, dt, collapsed)
-                t_new = t_stop if h == remaining else ev.t + h
+                t_new = t_stop if lands else ev.t + h
                 new = problem.evaluate(t_new, self.stepper.step(ev, h, problem))
                 failure = non_finite(new)
                 if failure:  # too long a step can overflow: retried shorter, a few times

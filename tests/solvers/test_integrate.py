@@ -102,3 +102,16 @@ def test_resumed_integration_continues_counts_and_matches_uninterrupted_bitwise(
 def test_bad_save_times_are_rejected(save_at):
     with pytest.raises(ValueError, match="save times"):
         integrate(decay(), torch.ones(1), (0.0, 3.0), Adaptive(Euler(), FixedStep(0.1)), save_at=save_at)
+
+
+def test_fixed_steps_keep_their_size_when_they_land_on_save_times():
+    """Gradient descent at lr = 0.1 is the textbook loop to the bit, although t_save - t
+    differs from 0.1 by rounding at the save times it lands on."""
+    y0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    problem = FunctionProblem(lambda t, y: -torch.sin(3 * y) - y**3)
+    saves = [round(0.1 * k, 10) for k in (1, 3, 7, 20, 55, 149, 200)]
+    solution = integrate(problem, y0, (0.0, 20.0), Adaptive(Euler(), FixedStep(0.1), dt0=0.1), save_at=saves)
+    y = y0.clone()
+    for _ in range(200):
+        y = torch.add(y, -torch.sin(3 * y) - y**3, alpha=0.1)
+    assert solution.counters.steps == 200 and torch.equal(solution.y, y)
