@@ -324,6 +324,8 @@ def _check_kernel(f: _Tree, where: str, f0: h5py.Dataset) -> None:
     if outputs not in ("trace", "full"):
         raise FileFormatError(f"{where}: /kernel attribute 'outputs' should be trace or full, found {outputs!r}")
     size = int(n) * (f0.shape[1] if outputs == "full" and f0.ndim == 2 else 1)
+    for name in f.members("kernel"):  # every member a table: truncating a file resizes them all
+        dataset(f, f"kernel/{name}", where, "f", table=True)
     marker = dataset(f, "kernel/t", where, "f", (None,), table=True)
     for name in ("change", "norm"):
         dataset(f, f"kernel/{name}", where, "f", (marker.shape[0],), table=True)
