@@ -42,6 +42,7 @@ the term vanishes on the exact path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -119,8 +120,9 @@ class Analysis:
     """What the central flow's field knows at a state in mode k: the top k + 1 eigenpairs
     (``spectrum``), the training loss, its gradient and outputs, the curvature gradients
     g (k x k x n), the block U^T H U (k x k), beta (with the Baumgarte term), the Gram
-    tensor <g_ij, g_kl>, X (the field's, with the Baumgarte term) and ``physical``, the X of
-    beta without it: what the predictions use (on the exact path the two agree)."""
+    tensor <g_ij, g_kl>, X (the field's, with the Baumgarte term) and ``sharpening``, beta
+    without it, from which the predictions' X is solved when they are asked for (at saves,
+    not at every evaluation; on the exact path the two X agree)."""
 
     spectrum: Spectrum | None
     loss: torch.Tensor
@@ -131,7 +133,12 @@ class Analysis:
     beta: np.ndarray
     gram: np.ndarray
     x: np.ndarray
-    physical: np.ndarray
+    sharpening: np.ndarray
+
+    @cached_property
+    def physical(self) -> np.ndarray:
+        """The X of beta without the Baumgarte term: what the predictions use."""
+        return complementarity.solve(self.gram, self.sharpening).x if len(self.x) else self.x
 
     @property
     def velocity(self) -> torch.Tensor:
@@ -234,8 +241,7 @@ class CentralFlow(GradientFlow):
             sharpening = -torch.einsum("ijn,n->ij", g, grad).cpu().double().numpy()
             beta = sharpening - self.kappa * (self.edge * np.eye(k) - (block + block.T) / 2)
             x = complementarity.solve(gram, beta).x
-            physical = complementarity.solve(gram, sharpening).x
-            result = Analysis(spectrum, graph.loss.detach(), grad, graph.f, g, block, beta, gram, x, physical)
+            result = Analysis(spectrum, graph.loss.detach(), grad, graph.f, g, block, beta, gram, x, sharpening)
         self._last = (y, k, result)
         return result
 
