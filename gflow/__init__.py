@@ -6,18 +6,50 @@
     flow = gflow.build(cfg)                    # the ODE itself: flow.y0, flow.vector_field(t, y)
 """
 
-from .catalog import catalog, ensemble
-from .compare import compare
-from .config import RunConfig
-from .errors import ConfigError, FileFormatError, GflowError
-from .flow import GradientFlow, build
-from .kernels import ntk
-from .run import resume, run
-from .sweep import Sweep, run_sweep
-from .trajectory import Trajectory
-from .trajectory import open_trajectory as open
+import sys
+import types
 
-__all__ = [
-    "ConfigError", "FileFormatError", "GflowError", "GradientFlow", "RunConfig", "Sweep", "Trajectory", "build",
-    "catalog", "compare", "ensemble", "ntk", "open", "resume", "run", "run_sweep",
-]
+# Imported on first use (PEP 562): `gflow --help` and `gflow show` never load torch.
+_WHERE = {
+    **dict.fromkeys(("catalog", "ensemble"), "catalog"),
+    "compare": "compare",
+    "RunConfig": "config",
+    **dict.fromkeys(("ConfigError", "FileFormatError", "GflowError"), "errors"),
+    **dict.fromkeys(("GradientFlow", "build"), "flow"),
+    "ntk": "kernels",
+    **dict.fromkeys(("resume", "run"), "run"),
+    **dict.fromkeys(("Sweep", "run_sweep"), "sweep"),
+    "Trajectory": "trajectory",
+}
+
+__all__ = sorted([*_WHERE, "open"])
+
+
+class _Package(types.ModuleType):
+    """The import system binds a submodule to its package's attribute of the same name; where
+    a submodule is named for the function it exports (run, catalog, compare), the package's
+    attribute stays the function, as an eager ``from .run import run`` left it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if not (name in _WHERE and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "open":
+        value = importlib.import_module(".trajectory", __name__).open_trajectory
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'gflow' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -14,11 +14,29 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .bench import PROBLEMS
 from .config import FIELD_TYPES, RunConfig
 from .errors import DiskFull, GflowError
-from .plots import KINDS
 from .sweep import ENGINES
+
+
+class _Choices:
+    """A module's tuple of names as argparse choices, imported when a command is parsed or its
+    help printed, not when the parser is built: ``gflow --help`` loads neither torch nor
+    matplotlib."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _names(self) -> tuple[str, ...]:
+        import importlib
+
+        return getattr(importlib.import_module(self.module, __package__), self.name)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,15 +122,13 @@ def _describe_sources(traj: Any) -> list[str]:
 
 def format_summary(traj: Any) -> str:
     """A readable summary of a stored run: config, status, counts, final metrics."""
-    from .methods import describe_method
-
     s = traj.summary()
     cfg = traj.config
     lines = [
         f"{traj.path}",
         f"  status       {s['status']} ({s['stop_reason']})",
         *_describe_sources(traj),
-        f"  solver       {describe_method(cfg)}",
+        f"  solver       {cfg.describe_method()}",
     ]
     if "t" in s:
         lines += [
@@ -135,10 +151,10 @@ def format_summary(traj: Any) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .trajectory import open_trajectory
+    from .store import TrajectoryFile  # the file alone: no network, no torch
 
     for path in args.files:
-        print(format_summary(open_trajectory(path)))
+        print(format_summary(TrajectoryFile(path)))
     return 0
 
 
@@ -284,8 +300,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: work-precision of every method (solvers); cost per evaluation (overhead)")
     p.add_argument("which", choices=["solvers", "overhead"])
-    p.add_argument("--problems", nargs="+", metavar="NAME", help="solvers only: problems to run, among "
-                   f"{', '.join(PROBLEMS)} (default: the digits ones)")
+    p.add_argument("--problems", nargs="+", metavar="NAME", choices=_Choices(".bench", "PROBLEMS"),
+                   help="solvers only: problems to run, among %(choices)s (default: the digits ones)")
     p.add_argument("--methods", nargs="+", metavar="NAME",
                    help="solvers only: method labels such as 'gradient-ratio (paper)' or solver names "
                         "such as chebyshev (default: all)")
@@ -328,7 +344,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="the paper's figures from a directory of runs")
     p.add_argument("dir")
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=_Choices(".plots", "KINDS"), metavar="KIND",
+                   help="the figure: %(choices)s")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.set_defaults(func=_cmd_plot)
 

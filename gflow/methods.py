@@ -35,10 +35,9 @@ from solvers import sundials as sundials_module
 from solvers.events import Event
 from solvers.method import Method
 from solvers.sundials import Sundials
-from solvers.torchdiffeq_backend import FIXED
 from solvers.torchode_backend import TorchODE
 
-from .config import DISCRETE, GD_FLOWS, NATIVE_SOLVERS, RunConfig
+from .config import DISCRETE, NATIVE_SOLVERS, TIGHT, RunConfig
 from .errors import ConfigError
 from .flow import GradientFlow
 from .losses import margins
@@ -79,19 +78,10 @@ def check_available(cfg: RunConfig) -> None:
         raise ConfigError("solver", cfg.solver, str(e)) from None
 
 
-TIGHT = 1e-3  # the exponential method's tight-tolerance setting starts at this rtol
-
-
 def exponential_scheme(cfg: RunConfig) -> Scheme:
-    """The exponential Rosenbrock scheme of ``--solver exponential``: exprb53s3 (order 5) for
-    gradient flow at rtol <= 1e-3, measured 1.2-1.7x fewer evaluations than exprb43 at
-    errors of f(T) of 1e-5-1e-6 on the digits problems (with exprb43 on the steps where
-    h rho > 150, see :class:`~solvers.ExponentialRosenbrock`); exprb43 (order 4) at looser
-    rtol, where exprb53s3's long steps went wrong unnoticed by its error estimate (relative
-    error of f(T) 5e-2 at rtol 1e-2 and alpha = 1, 0.17 at rtol 1e-1 and alpha = 1e-2,
-    against exprb43's 2.5e-4 and 4.1e-3), and on the momentum flow, where exprb53s3 (the
-    Jacobian has complex eigenvalues) needed 1.2-1.3x more evaluations."""
-    return EXPRB53S3 if not cfg.momentum and cfg.tolerance <= TIGHT else EXPRB43
+    """The exponential Rosenbrock scheme of ``--solver exponential``, as named by
+    :attr:`RunConfig.scheme`."""
+    return {"exprb53s3": EXPRB53S3, "exprb43": EXPRB43}[cfg.scheme]
 
 
 def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
@@ -149,30 +139,6 @@ def make_events(cfg: RunConfig, flow: GradientFlow) -> list[Event]:
     if cfg.max_steps is not None:
         events.append(MaxSteps(cfg.max_steps))
     return events
-
-
-def describe_method(cfg: RunConfig) -> str:
-    """The solver and the settings it uses (not those it ignores), e.g.
-    ``exponential scheme=exprb53s3 rtol=0.0002 atol=1e-06``, ``exponential flow=central lr=0.5
-    scheme=exprb53s3 ...`` or ``momentum tau=1 controller=paper max_dgrad=0.0001 max_dout=0.1``."""
-    parts = [cfg.solver]
-    if cfg.solver in DISCRETE:
-        return " ".join(parts + [f"lr={cfg.lr:g}"] + ([f"beta={cfg.momentum_beta:g}"] if cfg.momentum else []))
-    if cfg.momentum and cfg.solver != "momentum":
-        parts.append("flow=momentum")
-    if cfg.momentum:
-        parts.append(f"tau={cfg.time_constant:g}")
-    if cfg.flow in GD_FLOWS:
-        parts += [f"flow={cfg.flow}", f"lr={cfg.lr:g}"]
-    if cfg.solver in ("gradient-ratio", "momentum"):
-        parts += [f"controller={cfg.controller}", f"max_dgrad={cfg.max_dgrad:g}", f"max_dout={cfg.max_dout:g}"]
-    elif cfg.solver in FIXED:
-        parts.append(f"dt={cfg.dt:g}")
-    else:
-        if cfg.solver == "exponential":
-            parts.append(f"scheme={exponential_scheme(cfg).name}")
-        parts += [f"rtol={cfg.tolerance:g}", f"atol={cfg.atol:g}"]
-    return " ".join(parts)
 
 
 def integrate_flow(flow: GradientFlow, y0: torch.Tensor, t_span: tuple[float, float], *,

@@ -33,13 +33,7 @@ from .dense import Interpolant
 from .events import Stop
 from .method import OnStep, Segment
 from .problem import CountingProblem, Evaluation
-
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED = ("euler", "midpoint", "rk4", "implicit_adams")
-# SciPy's LSODA, BDF and Radau (torchdiffeq's scipy_solver) are not offered: in their stiff
-# mode they build a dense N x N Jacobian by finite differences, N evaluations and N^2 memory
-# for N parameters (a 50-point problem did not pass t = 5 in 90 s).
-METHODS = ADAPTIVE + FIXED
+from .torchdiffeq_methods import ADAPTIVE, FIXED, METHODS  # noqa: F401 (re-exported)
 
 
 class _Abort(Exception):

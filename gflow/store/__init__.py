@@ -3,6 +3,16 @@ reader (pure I/O). Analysis on top of a file, which needs the model, is :mod:`gf
 
 from .format import FORMAT, FORMAT_VERSION, READ_VERSIONS, REQUIRED
 from .reader import TrajectoryFile
-from .writer import RunLock, TrajectoryWriter
+
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "READ_VERSIONS", "REQUIRED", "RunLock", "TrajectoryFile", "TrajectoryWriter"]
+
+
+def __getattr__(name: str):
+    # The writer (torch, the Hessian, the kernels) is imported on first use: reading a file
+    # (`gflow show`, the catalog) does not load torch.
+    if name in ("RunLock", "TrajectoryWriter"):
+        from . import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module 'gflow.store' has no attribute {name!r}")

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from ..errors import FileFormatError, GflowError
 from .format import (
@@ -32,8 +31,9 @@ from .format import (
 )
 from .validate import STATUSES, read_data, scalar, text
 
-if TYPE_CHECKING:  # pandas is imported only when a table is read
+if TYPE_CHECKING:  # pandas and torch are imported only when a table or a state is read
     import pandas as pd
+    import torch
 
 
 class TrajectoryFile:
@@ -172,6 +172,7 @@ class TrajectoryFile:
         effective_rank (:func:`gflow.kernels.effective_rank`), and lambda_1 ... lambda_top,
         the kernel's top eigenvalues."""
         import pandas as pd
+        import torch
 
         from ..kernels import alignment, effective_rank
 
@@ -210,12 +211,16 @@ class TrajectoryFile:
 
     def state(self, i: int) -> torch.Tensor:
         """The flat ODE state at the i-th save (w, or (w, v) for momentum), where stored."""
+        import torch  # imported here: reading a file's tables never loads torch
+
         return torch.from_numpy(self._stored("saves/state", i))
 
     def derivative(self, i: int) -> torch.Tensor:
         """dy/dt at the i-th save, where stored (``save_derivatives``)."""
         if not self.has("saves/dstate"):
             raise FileFormatError(f"{self.path}: no derivatives stored (run with save_derivatives = true)")
+        import torch
+
         return torch.from_numpy(self._stored("saves/dstate", i))
 
     def _table(self, group: str, columns: Sequence[str]) -> pd.DataFrame:
@@ -257,6 +262,8 @@ class TrajectoryFile:
         with self._file() as f:
             values = read_checkpoint(f)
         if values is not None:
+            import torch
+
             values["state"] = torch.from_numpy(values["state"])
         return values
 

@@ -22,6 +22,23 @@ def test_run_then_show_end_to_end_in_a_subprocess(tmp_path):
     assert shown.returncode == 0 and "gradient evaluations" in shown.stdout
 
 
+HEAVY = ("torch", "scipy", "matplotlib", "torchdiffeq", "sklearn")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["show"]])
+def test_help_and_show_start_without_importing_torch_or_plotting(tmp_path, argv):
+    """Start-up is imports: torch alone is ~1 s. `gflow --help` and `gflow show` need none of it."""
+    out = tmp_path / "r.h5"
+    if argv == ["show"]:
+        assert _gflow("run", *FAST, "--out", str(out)).returncode == 0
+        argv = ["show", str(out)]
+    code = ("import sys\nfrom gflow.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
