@@ -51,6 +51,7 @@ from solvers import Evaluation
 from solvers.events import Crossing, Stop
 
 from . import complementarity
+from .autodiff import composite_attention
 from .config import RunConfig
 from .data import Dataset
 from .errors import ConfigError
@@ -79,7 +80,7 @@ class _Graph:
 
     def __init__(self, flow: GradientFlow, w: torch.Tensor) -> None:
         self.w = w.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), composite_attention():  # fused attention has no double backward
             parts = flow.model.parts(self.w)
             losses, outs = zip(*(flow._chunk_loss(parts, s) for s in flow._chunks(len(flow.x_train))))
             self.loss = sum(losses)

@@ -7,8 +7,10 @@ With J = df/dw at w and u a direction of motion in parameter space (u = dw/dt):
     radius of curvature              R = ||v||^2 / ||a||
     exit time from the tangent space t1 ~ R / ||v||          (seed 001: "t1 ~ R / v")
 
-Both derivatives are forward-mode products (``torch.func.jvp``, and jvp of jvp), so no
-Jacobian or Hessian is ever formed.
+The velocity is a forward-mode product (``torch.func.jvp``; reverse over reverse where the
+network has a fused kernel without a forward rule), the acceleration three backward passes
+(:meth:`gflow.autodiff.JVP.second`: exact where jvp of jvp is not, e.g. through LayerNorm),
+so no Jacobian or Hessian is ever formed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import jvp
 
+from .autodiff import JVP
 from .errors import GflowError
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,12 +46,12 @@ class Curvature:
 
 def directional_derivatives(model: Model, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(d/ds f(w + s u, x), d^2/ds^2 f(w + s u, x)) at s = 0, for every input in x."""
+    return _jvp(model).second(lambda q: model(q, x), w.detach(), u.detach())
 
-    def first(p: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda q: model(q, x), (p,), (u,))[1]
 
-    velocity, acceleration = jvp(first, (w.detach(),), (u.detach(),))
-    return velocity, acceleration
+def _jvp(model: Model) -> JVP:
+    """The model's own products (its choice of mode kept across calls), or fresh ones."""
+    return getattr(model, "jvp", None) or JVP()
 
 
 def curvature(model: Model, w: torch.Tensor, u: torch.Tensor, x: torch.Tensor) -> Curvature:
@@ -62,8 +64,10 @@ def linearization_gap(model: Model, w0: torch.Tensor, w: torch.Tensor, x: torch.
     """||f(w) - f_lin(w)|| / ||f(w) - f(w0)|| with f_lin(w) = f(w0) + J0 (w - w0): how far the
     network has left its tangent space at w0 (0 for a linear model; 0/0 = 0 at w = w0)."""
     with torch.no_grad():
-        f0, df = jvp(lambda q: model(q, x), (w0.detach(),), (w.detach() - w0.detach(),))
-        f = model(w.detach(), x)
+        df = _jvp(model)(lambda q: model(q, x), w0.detach(), w.detach() - w0.detach())[1]
+        # f and f0 by the same evaluation (a reverse-mode product may take another kernel path):
+        # at w = w0 the gap is exactly 0/0
+        f0, f = model(w0.detach(), x), model(w.detach(), x)
     moved = float((f - f0).norm())
     return float((f - f0 - df).norm()) / moved if moved > 0 else 0.0
 

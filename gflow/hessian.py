@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from .autodiff import composite_attention
+
 if TYPE_CHECKING:
     from .flow import GradientFlow
 
@@ -33,7 +35,7 @@ def hessian_vector_product(flow: GradientFlow, w: torch.Tensor) -> Callable[[tor
     """v -> H(w) v for the training loss L of ``flow``, exact (reverse over reverse, the
     gradient's graph kept between products)."""
     w = w.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), composite_attention():  # fused attention has no double backward
         gradient = torch.autograd.grad(flow.training_loss(w), w, create_graph=True)[0]
 
     def product(v: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, jacrev, vmap
 
+from .autodiff import composite_attention
 from .errors import GflowError
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,15 +36,24 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
 def jacobian(model: Model, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """J[i, c, p] = d f_c(params, x_i) / d params_p, shape (n, k, P) (k = 1 for a scalar output)."""
+    """J[i, c, p] = d f_c(params, x_i) / d params_p, shape (n, k, P) (k = 1 for a scalar output):
+    per-sample gradients vectorised over samples (``torch.func.vmap``), or one sample at a
+    time for a model that vmap cannot batch (recurrent layers write into their outputs in
+    place, which vmap refuses)."""
 
     def f(w: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return model(w, xi[None])[0]
 
     w = params.detach()
-    if model(w, x[:1]).dim() == 1:
-        return vmap(grad(f), in_dims=(None, 0))(w, x)[:, None]
-    return vmap(jacrev(f), in_dims=(None, 0))(w, x)
+    per_sample = grad(f) if model(w, x[:1]).dim() == 1 else jacrev(f)
+    try:
+        with composite_attention():  # fused attention has no batching rule
+            rows = vmap(per_sample, in_dims=(None, 0))(w, x)
+    except (RuntimeError, NotImplementedError) as e:
+        if isinstance(e, torch.OutOfMemoryError) or "allocate" in str(e):
+            raise
+        rows = torch.stack([per_sample(w, xi) for xi in x])
+    return rows[:, None] if rows.dim() == 2 else rows
 
 
 def _block_rows(row_size: int, itemsize: int, max_memory: int, parts: int) -> int:

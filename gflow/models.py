@@ -17,8 +17,9 @@ from copy import deepcopy
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
+from .autodiff import JVP
 from .errors import ConfigError
 from .references import qualified_name
 
@@ -195,6 +196,7 @@ class FlatModel:
         self.n_params = int(offsets[-1])
         self._w0 = torch.cat([p.detach().reshape(-1) for _, p in named])
         self._functional = getattr(module, "functional", None)
+        self.jvp = JVP()  # forward mode, or reverse over reverse where a fused kernel has no forward rule
 
     @property
     def w0(self) -> torch.Tensor:
@@ -226,8 +228,13 @@ class FlatModel:
         layers = [(name, m) for name, m in self.module.named_modules()
                   if any(p.requires_grad for p in m.parameters(recurse=False))]
         seen: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out.detach()))
-                 for name, m in layers[:-1]]
+
+        def keep(name: str, out: object) -> None:
+            tensor = _primary(out)
+            if tensor is not None:
+                seen[name] = tensor.detach()
+
+        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: keep(name, out)) for name, m in layers[:-1]]
         try:
             with torch.no_grad():
                 self(w, x)
@@ -258,6 +265,16 @@ class FlatModel:
             "buffers": [[n, list(b.shape)] for n, b in module.named_buffers()],
             "eval_mode_layers": [n for n, m in module.named_modules() if isinstance(m, _MODE_DEPENDENT)],
         }
+
+
+def _primary(out: object) -> torch.Tensor | None:
+    """A submodule's representation: its output, or the first tensor of a tuple, list or dict
+    output (attention's output before its weights, a recurrent layer's sequence before its
+    state); None when there is no tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return next((t for t in map(_primary, items) if t is not None), None)
 
 
 def prepare(module: object, dtype: torch.dtype, device: torch.device, reference: str | None = None) -> FlatModel:
@@ -292,7 +309,8 @@ class Linearized:
 
         f_lin(w, x) = f(w0, x) + J0(x) (w - w0),     J0 = d f(w0, x) / dw,
 
-    evaluated with one forward-mode product (``torch.func.jvp``) per call, so J0 is never
+    evaluated with one Jacobian-vector product per call (forward mode, or reverse over
+    reverse for fused kernels without a forward rule: :mod:`gflow.autodiff`), so J0 is never
     formed. Its gradient flow is the kernel gradient flow of the outputs under Theta(w0):
     the lazy limit alpha -> infinity of Chizat, Oyallon, Bach (seed 002).
     """
@@ -305,8 +323,12 @@ class Linearized:
         self.n_params = model.n_params
 
     def __call__(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        f0, df = jvp(lambda p: self.model(p, x), (self.w0,), (w - self.w0,))
+        f0, df = self.jvp(lambda p: self.model(p, x), self.w0, w - self.w0)
         return f0 + df
+
+    @property
+    def jvp(self) -> JVP:
+        return self.model.jvp
 
     def parts(self, w: torch.Tensor) -> list[torch.Tensor]:
         return [w]
