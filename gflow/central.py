@@ -83,7 +83,7 @@ class _Graph:
         with torch.enable_grad(), composite_attention():  # fused attention has no double backward
             parts = flow.model.parts(self.w)
             losses, outs = zip(*(flow._chunk_loss(parts, s) for s in flow._chunks(len(flow.x_train))))
-            self.loss = sum(losses)
+            self.loss = sum(losses) + flow.penalty(self.w)
             self.f = torch.cat([f.detach() for f in outs])
             self.grad = torch.autograd.grad(self.loss, self.w, create_graph=True)[0]
 

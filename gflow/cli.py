@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import FIELD_TYPES, RunConfig
+from .config import FIELD_TYPES, TUPLE_ITEMS, RunConfig
 from .errors import DiskFull, GflowError
 from .sweep import ENGINES
 
@@ -66,7 +66,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif base is tuple:
-            group.add_argument(flag, type=int, nargs="+", default=None, metavar="CLASS", help=help)
+            item = TUPLE_ITEMS[f.name]
+            group.add_argument(flag, type=item, nargs="+", default=None, metavar="CLASS" if item is int else "T",
+                               help=help)
         elif base is dict:
             group.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=help)
         else:
@@ -76,7 +78,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 _NAMED = ("dataset", "labels", "arch", "act", "parametrization", "loss", "solver", "flow", "controller",
-          "kernel_outputs", "device", "dtype")
+          "kernel_outputs", "device", "dtype", "batchnorm", "save_spacing", "weight_decay_center", "width_from")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -117,7 +119,30 @@ def _describe_sources(traj: Any) -> list[str]:
     outputs = model.get("outputs", 1)
     model_line += f", {traj.attrs['n_params']} parameters" + (f", {outputs} outputs" if outputs > 1 else "")
     loss_line = f"{loss.get('name', cfg.loss)} alpha={cfg.alpha:g}" + (" centred" if cfg.centered else "")
-    return [f"  data         {data_line}", f"  network      {model_line}", f"  loss         {loss_line}"]
+    if cfg.weight_decay:
+        loss_line += f", weight decay {cfg.weight_decay:g}/2 |w - {'w0' if cfg.weight_decay_center == 'init' else '0'}|^2"
+    lines = [f"  data         {data_line}", f"  network      {model_line}"]
+    eval_mode = describe_eval_mode(model)
+    if eval_mode:
+        lines.append(f"  eval mode    {eval_mode}")
+    return [*lines, f"  loss         {loss_line}"]
+
+
+def describe_eval_mode(model: dict[str, Any]) -> str:
+    """What the network's mode-dependent layers do in the run (it runs in eval mode): the
+    BatchNorm policy and the layers it applied to, the Dropout layers that are off."""
+    parts = []
+    batchnorm = model.get("batchnorm") or {}
+    layers = [str(n) for n in batchnorm.get("layers", [])]
+    if batchnorm.get("policy") == "calibrate":
+        parts.append(f"BatchNorm {', '.join(layers)} calibrated on the {batchnorm.get('points', '?')} training points "
+                     "at w0")
+    elif batchnorm.get("policy") == "as-is":
+        parts.append(f"BatchNorm {', '.join(layers)} with the module's own running statistics")
+    others = [n for n in model.get("eval_mode_layers", []) if n not in layers]
+    if others:
+        parts.append(f"{', '.join(others)} in eval mode (Dropout off)")
+    return "; ".join(parts)
 
 
 def format_summary(traj: Any) -> str:

@@ -41,7 +41,11 @@ GD_FLOWS = ("central", "modified")  # flows of gradient descent at lr itself (gf
 GD_FLOW_SOLVERS = {"central": ("exponential", *METHODS), "modified": ("exponential", "chebyshev", "cvode", "tsit5", *METHODS)}
 CONTROLLERS = ("paper", "ratio-target")
 KERNEL_OUTPUTS = ("trace", "full")
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda", "cuda:N")
+DEVICE = re.compile(r"^(cpu|cuda|cuda:[0-9]{1,3})$")
+BATCHNORM = ("calibrate", "as-is", "refuse")
+SAVE_SPACINGS = ("log", "linear")
+WEIGHT_DECAY_CENTERS = ("zero", "init")
 DTYPES = ("float64", "float32")
 
 # "package.module:attribute" (attribute may be dotted): what importlib can resolve.
@@ -95,11 +99,20 @@ class RunConfig:
     model: str | None = _f(None, "your network: factory 'package.module:function' returning a "
                            "torch.nn.Module; replaces the built-in network fields")
     model_args: dict[str, Any] = _f({}, "keyword arguments of the model factory (JSON object)")
+    width_from: str | None = _f(None, "the model_args key that is your network's width h, for the sqrt(h) alpha axes "
+                                "of tables and figures (default: width, when model_args has it; otherwise the "
+                                "run has no width and figures use alpha alone)")
+    batchnorm: str = _f("calibrate", "BatchNorm layers of your network (run in eval mode, a fixed affine map): "
+                        "calibrate: running statistics computed once on the training set at w0 and recorded in "
+                        "the file; as-is: the module's own buffers; refuse: an error")
     # loss
     alpha: float = _f(1.0, "output scale: L = mean l(alpha (f - f0), y) / alpha^2")
     loss: str = _f("softhinge", "per-sample loss, or 'package.module:function' computing l(a, y)")
     beta: float = _f(20.0, "sharpness of the soft hinge softplus(beta (1 - y a)) / beta")
     centered: bool = _f(True, "subtract the initial output f0 (off: a = alpha f)")
+    weight_decay: float = _f(0.0, "lambda of the penalty lambda/2 |w - c|^2 added to the loss (its gradient, "
+                             "Hessian and stored losses include it; docs/CONVENTIONS.md)")
+    weight_decay_center: str = _f("zero", "c of the weight decay: zero (c = 0) or init (c = w0)")
     # solver
     solver: str = _f("exponential", "integrator (gradient-ratio and momentum: the paper's steppers, step for step)")
     flow: str | None = _f(None, "ODE: gradient (default), momentum (implied by solver momentum), or the flows of "
@@ -123,8 +136,11 @@ class RunConfig:
     momentum_beta: float = _f(0.9, "momentum coefficient of heavy-ball, in [0, 1) (0: gd)")
     # schedule and stopping
     t_end: float = _f(1e4, "time to integrate to")
-    saves: int = _f(100, "save times, log-spaced from save_t_min to t_end (t = 0 is saved too)")
+    saves: int = _f(100, "save times, spaced by save_spacing from save_t_min to t_end (t = 0 is saved too)")
     save_t_min: float = _f(1e-2, "first save time after t = 0")
+    save_spacing: str = _f("log", "spacing of the save times: log (geometric) or linear")
+    save_at: tuple[float, ...] | None = _f(None, "explicit save times in (0, t_end], instead of saves, save_t_min and "
+                                           "save_spacing (t = 0 and t_end are saved too)")
     interpolate: bool | None = _f(None, "serve save times from the method's dense output instead of cutting steps "
                                   "to land on them (default: yes, but no for gradient-ratio and momentum, which "
                                   "reproduce the paper's steps)")
@@ -146,14 +162,16 @@ class RunConfig:
     hessian_tol: float = _f(1e-6, "relative accuracy of the Hessian eigenvalues")
     # compute
     chunk: int | None = _f(None, "evaluate the batch in chunks of this many points (less memory)")
-    device: str = _f("cpu", "where tensors live")
+    device: str = _f("cpu", "where tensors live: cpu, cuda, or one GPU as cuda:N")
+    threads: int | None = _f(None, "torch threads of the run (default: 1 on a machine with 2 cores or fewer, "
+                             "else up to 4; one per worker in a sweep; recorded in the file)")
     dtype: str = _f("float64", "floating-point precision")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "classes" and isinstance(value, list):
-                object.__setattr__(self, "classes", value := tuple(value))
+            if f.name in TUPLE_ITEMS and isinstance(value, list):
+                object.__setattr__(self, f.name, value := tuple(value))
             _check_type(f.name, value, FIELD_TYPES[f.name])
         for name, check in _CHECKS.items():
             value = getattr(self, name)
@@ -175,6 +193,16 @@ class RunConfig:
             self._check_discrete()
         if self.flow in GD_FLOWS:
             self._check_gd_flow()
+        if self.save_at is not None:
+            changed = [n for n in ("saves", "save_t_min", "save_spacing") if getattr(self, n) != _DEFAULTS[n]]
+            if changed:
+                raise ConfigError(changed[0], getattr(self, changed[0]), "save_at lists the save times: leave "
+                                  "saves, save_t_min and save_spacing unset")
+            if self.save_at[-1] > self.t_end:
+                raise ConfigError("save_at", list(self.save_at), f"must lie in (0, t_end = {self.t_end:g}]")
+        if self.width_from is not None and self.model is None:
+            raise ConfigError("width_from", self.width_from, "names a model_args key of your model factory "
+                              "(model = ...); the built-in network's width is width")
         if self.tau_alpha_crit is not None and self.tau_over_h is None:
             raise ConfigError("tau_alpha_crit", self.tau_alpha_crit, "caps the tau schedule: give tau_over_h too")
         if self.tau_over_h is not None and self.tau != _DEFAULTS["tau"]:
@@ -392,6 +420,9 @@ def _type_name(t: Any) -> str:
             dict: "a table of keyword arguments"}.get(t, str(t))
 
 
+# The items of the list-valued fields.
+TUPLE_ITEMS: dict[str, type] = {"classes": int, "save_at": float}
+
 # Field types without typing introspection: (python type, may be None).
 FIELD_TYPES: dict[str, tuple[type, bool]] = {}
 for _f_ in fields(RunConfig):
@@ -408,8 +439,10 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> None:
             raise ConfigError(name, value, f"must be {_type_name(base)}")
         return
     if base is tuple:
-        if not isinstance(value, tuple) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
-            raise ConfigError(name, value, "must be a list of class labels (integers)")
+        item = TUPLE_ITEMS[name]
+        if not isinstance(value, tuple) or not all(isinstance(c, (int, item)) and not isinstance(c, bool) for c in value):
+            raise ConfigError(name, value, "must be a list of class labels (integers)" if item is int
+                              else "must be a list of numbers")
         return
     if base is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -476,6 +509,25 @@ def _reference(name: str, value: Any) -> None:
         raise ConfigError(name, value, "must be an importable reference 'package.module:function'")
 
 
+def _device(name: str, value: Any) -> None:
+    if not DEVICE.match(value):
+        raise ConfigError(name, value, "must be cpu, cuda or cuda:N (a GPU's index)")
+
+
+def _save_at(name: str, value: Any) -> None:
+    if not value or not all(math.isfinite(t) and t > 0 for t in value):
+        raise ConfigError(name, list(value), "must list save times, each a finite number > 0")
+    if list(value) != sorted(set(value)):
+        raise ConfigError(name, list(value), "must be increasing, without repeats")
+    if len(value) > MAX_SAVES:
+        raise ConfigError(name, f"{len(value)} times", f"at most {MAX_SAVES:,} saves")
+
+
+def _identifier(name: str, value: Any) -> None:
+    if not value.isidentifier():
+        raise ConfigError(name, value, "must name a keyword argument of the model factory")
+
+
 def _loss(name: str, value: Any) -> None:
     if value not in LOSSES and not REFERENCE.match(value):
         raise ConfigError(name, value, f"must be one of {', '.join(LOSSES)}, or 'package.module:function'")
@@ -484,11 +536,13 @@ def _loss(name: str, value: Any) -> None:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "labels": LABELS, "arch": ARCHS, "act": ACTIVATIONS, "parametrization": PARAMETRIZATIONS,
     "loss": LOSSES, "solver": SOLVERS, "flow": FLOWS, "controller": CONTROLLERS, "kernel_outputs": KERNEL_OUTPUTS,
-    "device": DEVICES, "dtype": DTYPES,
+    "device": DEVICES, "dtype": DTYPES, "batchnorm": BATCHNORM, "save_spacing": SAVE_SPACINGS,
+    "weight_decay_center": WEIGHT_DECAY_CENTERS,
 }
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
-    **{name: _one_of(options) for name, options in _CHOICES.items() if name != "loss"},
+    **{name: _one_of(options) for name, options in _CHOICES.items() if name not in ("loss", "device")},
+    "device": _device,
     "loss": _loss,
     "model": _reference,
     "data": _reference,
@@ -528,4 +582,8 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "tau_over_h": _positive,
     "tau_alpha_crit": _positive,
     "lr": _positive,
+    "weight_decay": _at_least(0),
+    "threads": _count(1, 1024),
+    "save_at": _save_at,
+    "width_from": _identifier,
 }

@@ -3,7 +3,9 @@
     gradient flow   dw/dt = -grad L(w)
     momentum flow   dv/dt = -(v + grad L(w)) / tau,   dw/dt = v     (state y = (w, v))
 
-with L(w) = 1/(alpha^2 n) sum_mu l(alpha (f(w, x_mu) - f(w0, x_mu)), y_mu) (seed 001).
+with L(w) = 1/(alpha^2 n) sum_mu l(alpha (f(w, x_mu) - f(w0, x_mu)), y_mu) (seed 001), plus
+lambda/2 |w - c|^2 with ``weight_decay`` = lambda > 0 (c = 0, or w0 with
+``weight_decay_center = "init"``).
 
 The network, the data and the loss come from the config (built-in, or the user's factory
 references) or from the caller as Python objects: :func:`build`.
@@ -26,7 +28,7 @@ from .data import Dataset, from_arrays, from_loader, load, with_labels_for
 from .errors import ConfigError, GflowError
 from .limits import check_fits
 from .losses import Loss, check_task, classification_error, get_loss
-from .models import FlatModel, Linearized, build_model, prepare
+from .models import FlatModel, Linearized, apply_batchnorm_policy, build_model, prepare
 from .references import call, check_trusted, qualified_name, resolve
 
 
@@ -62,6 +64,15 @@ class GradientFlow:
         self.f0_test = self.outputs(self.w0, self.x_test)
         self.sources = sources or {}
         self.y0 = torch.cat([self.w0, torch.zeros_like(self.w0)]) if self.momentum else self.w0.clone()
+        self.decay = cfg.weight_decay
+        self.decay_center = self.w0 if cfg.weight_decay_center == "init" else torch.zeros_like(self.w0)
+
+    def penalty(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight decay's share of L: lambda/2 |w - c|^2 (zero without weight decay);
+        differentiable in w."""
+        if not self.decay:
+            return w.new_zeros(())
+        return 0.5 * self.decay * (w - self.decay_center).pow(2).sum()
 
     def _chunks(self, n: int) -> list[slice]:
         size = self.cfg.chunk or max(n, 1)
@@ -109,8 +120,12 @@ class GradientFlow:
                 losses.append(chunk_loss.detach())
                 outs.append(f.detach())
         if len(grads) == 1:
-            return losses[0], grads[0], outs[0]
-        return torch.stack(losses).sum(), torch.stack(grads).sum(0), torch.cat(outs)
+            loss, grad, f = losses[0], grads[0], outs[0]
+        else:
+            loss, grad, f = torch.stack(losses).sum(), torch.stack(grads).sum(0), torch.cat(outs)
+        if self.decay:
+            loss, grad = loss + self.penalty(w.detach()), grad + self.decay * (w.detach() - self.decay_center)
+        return loss, grad, f
 
     def _chunk_loss(self, parts: list[torch.Tensor], s: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The training points in ``s``'s share of L (their losses summed over alpha^2 n),
@@ -123,7 +138,7 @@ class GradientFlow:
         """L(w) on the training set as a differentiable function of the flat weights, for
         torch.func transforms (Hessian-vector products: :mod:`gflow.hessian`)."""
         parts = self.model.parts(w)
-        return sum(self._chunk_loss(parts, s)[0] for s in self._chunks(len(self.x_train)))
+        return sum(self._chunk_loss(parts, s)[0] for s in self._chunks(len(self.x_train))) + self.penalty(w)
 
     def evaluate(self, t: float, y: torch.Tensor) -> Evaluation:
         loss, grad, f = self.loss_and_grad(self.weights(y))
@@ -268,6 +283,9 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
     check_fits(cfg, data=data is None, network=model is None)  # gflow's own data and network, before allocation
     dataset, data_source = _data(cfg, data, dtype, device, gate)
     flat, model_source = _model(cfg, model, dataset, dtype, device, gate)
+    batchnorm = apply_batchnorm_policy(flat, cfg.batchnorm, dataset.x_train, cfg.chunk)
+    if batchnorm:
+        model_source["batchnorm"] = batchnorm
     loss_fn, loss_source = _loss(cfg, loss, gate)
     net: FlatModel | Linearized = Linearized(flat, flat.w0) if cfg.linearized else flat
     if cfg.kernel_n > len(dataset.x_train):

@@ -44,11 +44,16 @@ from .losses import margins
 
 
 def save_times(cfg: RunConfig) -> list[float]:
-    """t = 0, then ``saves`` times log-spaced from ``save_t_min`` to ``t_end`` (included)."""
-    if cfg.save_t_min >= cfg.t_end:
+    """t = 0, then the config's ``save_at`` and ``t_end``, or ``saves`` times from
+    ``save_t_min`` to ``t_end`` (included), spaced geometrically or evenly (``save_spacing``)."""
+    if cfg.save_at is not None:
+        times = np.array([*cfg.save_at, cfg.t_end], dtype=float)
+    elif cfg.save_t_min >= cfg.t_end:
         return [0.0, cfg.t_end]
-    times = np.geomspace(cfg.save_t_min, cfg.t_end, cfg.saves)
-    times[-1] = cfg.t_end
+    else:
+        spaced = np.geomspace if cfg.save_spacing == "log" else np.linspace
+        times = spaced(cfg.save_t_min, cfg.t_end, cfg.saves)
+        times[-1] = cfg.t_end
     if cfg.solver in DISCRETE:  # on the iterates' grid t = k lr, at least one iteration in
         times = np.maximum(np.round(times / cfg.lr), 1) * cfg.lr
         times[-1] = cfg.t_end

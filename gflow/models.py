@@ -292,6 +292,67 @@ def prepare(module: object, dtype: torch.dtype, device: torch.device, reference:
     return FlatModel(copy.to(device=device, dtype=dtype))
 
 
+def batchnorm_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The module's BatchNorm layers (1d, 2d, 3d, lazy), by name."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def calibrate_batchnorm(model: FlatModel, x: torch.Tensor, chunk: int | None = None) -> dict[str, dict[str, list]]:
+    """Set every BatchNorm layer's running statistics to its input's mean and (biased)
+    variance per channel over all of ``x`` at the model's w0, layer after layer (a layer's
+    input depends on the layers before it, already calibrated), in chunks of ``chunk``
+    points. In eval mode the network then normalises the training set's features as a
+    full-batch train-mode pass would, and stays a fixed function of w, as a gradient flow
+    needs. Returns the statistics, by layer name (what the file records)."""
+    recorded = {}
+    w0 = model.w0
+    size = chunk or max(len(x), 1)
+    for name, layer in batchnorm_layers(model.module):
+        moments = []
+
+        def collect(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            z = inputs[0].double()
+            dims = [0, *range(2, z.dim())]
+            moments.append((z[0].numel() // z.shape[1] * len(z), z.sum(dims), z.pow(2).sum(dims)))
+
+        hook = layer.register_forward_pre_hook(collect)
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), size):
+                    model(w0, x[i : i + size])
+        finally:
+            hook.remove()
+        count = sum(c for c, _, _ in moments)
+        mean = sum(m for _, m, _ in moments) / count
+        var = (sum(q for _, _, q in moments) / count - mean**2).clamp_min(0)
+        with torch.no_grad():
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+        recorded[name] = {"mean": mean.tolist(), "var": var.tolist()}
+    return recorded
+
+
+def apply_batchnorm_policy(model: FlatModel, policy: str, x: torch.Tensor, chunk: int | None = None) -> dict:
+    """What a run does with the network's BatchNorm layers (config ``batchnorm``): in eval
+    mode each is the fixed affine map of its running statistics, which on a fresh module
+    are mean 0 and variance 1 (it normalises nothing). ``calibrate``: the statistics of the
+    training set at w0 (:func:`calibrate_batchnorm`); ``as-is``: the module's own;
+    ``refuse``: a ConfigError. Returns what the file records (empty without BatchNorm)."""
+    layers = batchnorm_layers(model.module)
+    if not layers:
+        return {}
+    if policy == "refuse":
+        raise ConfigError("batchnorm", policy, f"the network has BatchNorm layers ({', '.join(n for n, _ in layers)}); "
+                          "calibrate sets their statistics on the training set at w0, as-is keeps the module's")
+    missing = [n for n, m in layers if m.running_mean is None]
+    if missing:
+        raise ConfigError("model", model.describe()["class"], f"BatchNorm layer {missing[0]} tracks no running "
+                          "statistics (track_running_stats=False): in eval mode it would use each batch's own")
+    if policy == "as-is":
+        return {"policy": policy, "layers": [n for n, _ in layers]}
+    return {"policy": policy, "points": len(x), "layers": calibrate_batchnorm(model, x, chunk)}
+
+
 def build_model(
     d: int, arch: str, depth: int, width: int, act: str, parametrization: str, kappa: float,
     seed: int, dtype: torch.dtype, device: torch.device, outputs: int = 1,

@@ -89,7 +89,7 @@ def _check_matches(file: TrajectoryFile, flow: GradientFlow, recorded: dict[str,
         raise GflowError(f"model {where}: at the stored w0 its outputs differ from the stored f0: another function")
     if len(file):
         stored_loss = float(file.read("saves/train_loss")[0])
-        loss0 = flow.loss(torch.from_numpy(f0).to(flow.w0), "train")
+        loss0 = flow.loss(torch.from_numpy(f0).to(flow.w0), "train") + float(flow.penalty(flow.w0))
         if not abs(loss0 - stored_loss) <= tolerance * max(abs(stored_loss), 1e-300):
             raise GflowError(f"loss {where}: it gives L(w0) = {loss0:.10g} where the run stored {stored_loss:.10g}")
 
@@ -200,13 +200,16 @@ class Trajectory(TrajectoryFile):
         return self.weights_at([i])[0]
 
     def weights_at(self, indices: list[int]) -> list[torch.Tensor]:
-        """w at several saves, replaying once per stored state for those that store none."""
-        flow, n = self.flow, len(self)
+        """w at several saves, replaying once per stored state for those that store none. A
+        stored one reads without the network, on the CPU until the network is rebuilt, then
+        on its device."""
+        n = len(self)
         indices = [i % n for i in indices]
         stored = set(self.stored_states.tolist())
         missing = sorted({i for i in indices if i not in stored})
         replayed = dict(zip(missing, self._replay([float(self.save_times[i]) for i in missing]))) if missing else {}
-        return [flow.weights((self.state(i) if i in stored else replayed[i]).to(flow.w0)) for i in indices]
+        out = [super(Trajectory, self).weights(i) if i in stored else self.flow.weights(replayed[i]) for i in indices]
+        return [w.to(self._flow.w0) for w in out] if self._flow is not None else out
 
     def representation_change(self, n: int = 100) -> pd.DataFrame:
         """How the hidden representations move: at every save, for every hidden layer l,
@@ -242,11 +245,15 @@ class Trajectory(TrajectoryFile):
         return ntk(flow.model, self.weights(i), flow.x_train[:n], max_memory=cfg.kernel_memory_mb * 2**20,
                    outputs=cfg.kernel_outputs)
 
-    def kernel_change(self, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F): from the snapshots taken during
-        the run when there are any, else computed now at every save on the first n train points."""
-        if self.has("kernel"):
+    def kernel_change(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(times, ||Theta(t) - Theta(0)||_F / ||Theta(0)||_F) on the first n train points: read
+        from the snapshots taken during the run when they are on n points (``n`` = None: the
+        run's snapshots when it took any, else 100 points); otherwise computed now at every
+        save."""
+        stored_n = int(self.read_attr("kernel", "n")) if self.has("kernel") else None
+        if stored_n is not None and n in (None, stored_n):
             return self.stored_kernel_change()
+        n = 100 if n is None else n
         flow, cfg = self.flow, self.config
         kernels = [ntk(flow.model, w, flow.x_train[:n], max_memory=cfg.kernel_memory_mb * 2**20,
                        outputs=cfg.kernel_outputs) for w in self.weights_at(list(range(len(self))))]

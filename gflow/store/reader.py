@@ -215,6 +215,22 @@ class TrajectoryFile:
 
         return torch.from_numpy(self._stored("saves/state", i))
 
+    def weights(self, i: int) -> torch.Tensor:
+        """The network parameters w at the i-th save, from its stored state (its first
+        ``n_params`` numbers: a momentum state is (w, v)); no network needed. A save that
+        stores no state is replayed by :meth:`gflow.Trajectory.weights`, which needs the network."""
+        return self.state(i)[: int(self.attrs["n_params"])]
+
+    def parameters(self, i: int) -> dict[str, torch.Tensor]:
+        """The network's parameter tensors at the i-th save, by name and shaped as the file
+        records them (``sources["model"]["parameters"]``); no network needed."""
+        recorded = self.sources["model"].get("parameters") or []
+        sizes = [math.prod(shape) for _, shape in recorded]
+        w = self.weights(i)
+        if sum(sizes) != len(w):
+            raise GflowError(f"{self.path}: the recorded parameter shapes do not add up to the {len(w)} weights")
+        return {name: t.view(shape) for (name, shape), t in zip(recorded, w.split(sizes))}
+
     def derivative(self, i: int) -> torch.Tensor:
         """dy/dt at the i-th save, where stored (``save_derivatives``)."""
         if not self.has("saves/dstate"):

@@ -211,7 +211,8 @@ def config_of(f: h5py.File, where: str) -> RunConfig:
 # The fields of the model, data and loss descriptions gflow reads, and their JSON types.
 _DESCRIBED = {
     "model": {"source": str, "class": str, "reference": str, "args": dict, "outputs": int, "n_params": int,
-              "parameters": list, "w0_sha256": str, "arch": str, "repr": str},
+              "parameters": list, "w0_sha256": str, "arch": str, "repr": str, "eval_mode_layers": list,
+              "batchnorm": dict},
     "data": {"source": str, "reference": str, "args": dict, "x_shape": list, "x_dtype": str, "y_dtype": str,
              "digest": str, "dataset": str},
     "loss": {"source": str, "name": str, "reference": str},
@@ -227,9 +228,13 @@ def check_description(name: str, value: dict[str, Any], where: str) -> None:
         raise FileFormatError(f"{where}: attribute {name!r} field 'outputs' should be >= 1, found {value['outputs']}")
     if name == "data" and not all(isinstance(n, int) and not isinstance(n, bool) for n in value.get("x_shape", [])):
         raise FileFormatError(f"{where}: attribute 'data' field 'x_shape' should list integers")
-    if name == "model" and not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
-                                   and isinstance(p[1], list) for p in value.get("parameters", [])):
-        raise FileFormatError(f"{where}: attribute 'model' field 'parameters' should list [name, shape] pairs")
+    if name == "model" and not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
+                                   and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in p[1])
+                                   for p in value.get("parameters", [])):
+        raise FileFormatError(f"{where}: attribute 'model' field 'parameters' should list [name, shape] pairs "
+                              "(shapes of integers >= 0)")
+    if name == "model" and not all(isinstance(n, str) for n in value.get("eval_mode_layers", [])):
+        raise FileFormatError(f"{where}: attribute 'model' field 'eval_mode_layers' should list layer names")
 
 
 class _Tree:

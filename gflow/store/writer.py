@@ -388,7 +388,8 @@ class TrajectoryWriter(Observer):
         else:
             f_train = flow.outputs(w, flow.x_train)
             self._forwards += 1
-            train_loss, grad_norm = flow.loss(f_train, "train"), flow.gradient_norm(record.y, record.dydt)
+            train_loss = flow.loss(f_train, "train") + float(flow.penalty(w))  # the objective L, decay included
+            grad_norm = flow.gradient_norm(record.y, record.dydt)
         f_test = flow.outputs(w, flow.x_test)
         change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
         scalars = {
