@@ -56,19 +56,31 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
         recorded = Manifest(directory).read()
     except GflowError as e:
         recorded = {MANIFEST: {"state": "unreadable", "reason": str(e)}}
-    files = sorted(directory.glob("*.h5"))
+    files = sorted(directory.glob("*.h5"), key=lambda p: natural_key(p.name))
     rows = [_row(path, eps, recorded.get(path.stem)) for path in files]
     present = {path.stem for path in files}
-    rows += [_recorded_row(name, entry) for name, entry in sorted(recorded.items()) if name not in present]
+    rows += [_recorded_row(name, entry) for name, entry in sorted(recorded.items(), key=lambda e: natural_key(e[0]))
+             if name not in present]
     arguments = sorted({k for row in rows for k in row if k not in CONFIG and k not in RESULTS})
     return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS, *arguments])
+
+
+_NUMBER = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, float | str], ...]:
+    """A sort key that orders the numbers in names by value: alpha=2 before alpha=10 and
+    alpha=1e-2 before alpha=0.5 (a sweep's file names are its grid values)."""
+    return tuple((0, float(part)) if i % 2 else (1, part) for i, part in enumerate(_NUMBER.split(name)) if part)
 
 
 def _recorded_row(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     """A manifest entry with no file: its config fields (when valid), state and reason."""
     row: dict[str, Any] = {}
     try:
-        row = _config_columns(RunConfig.from_dict(entry["config"]).to_dict()) if entry.get("config") else {}
+        if entry.get("config"):
+            cfg = RunConfig.from_dict(entry["config"])
+            row = _config_columns({**cfg.to_dict(), "width": cfg.network_width})
     except (GflowError, TypeError, ValueError):
         pass
     file = name if name == MANIFEST else f"{name}.h5 (no file)"
@@ -89,7 +101,7 @@ def _file_row(path: Path, eps: float, recorded: dict[str, Any] | None) -> dict[s
     s = traj.summary()
     if s["status"] == "running" and recorded is not None and recorded.get("state") == "lost":
         s.update(status="lost", stop_reason=recorded.get("reason", s["stop_reason"]))
-    row: dict[str, Any] = traj.config.to_dict()
+    row: dict[str, Any] = {**traj.config.to_dict(), "width": traj.config.network_width}
     row.update(file=path.name, status=s["status"], stop_reason=s["stop_reason"], t=s.get("t", math.nan),
                steps=s.get("step", 0), evals=s.get("evals", 0), wall=s.get("wall", math.nan),
                train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
@@ -116,8 +128,9 @@ def _config_columns(row: dict[str, Any]) -> dict[str, Any]:
     for name in ("model_args", "data_args"):
         row.update({f"{name}.{k}": v for k, v in row[name].items()})
         row[name] = json.dumps(row[name], sort_keys=True)
-    if isinstance(row.get("classes"), list):
-        row["classes"] = " ".join(map(str, row["classes"]))
+    for name in ("classes", "save_at"):
+        if isinstance(row.get(name), list):
+            row[name] = " ".join(map(str, row[name]))
     return row
 
 

@@ -163,8 +163,9 @@ class RunConfig:
     # compute
     chunk: int | None = _f(None, "evaluate the batch in chunks of this many points (less memory)")
     device: str = _f("cpu", "where tensors live: cpu, cuda, or one GPU as cuda:N")
-    threads: int | None = _f(None, "torch threads of the run (default: 1 on a machine with 2 cores or fewer, "
-                             "else up to 4; one per worker in a sweep; recorded in the file)")
+    threads: int | None = _f(None, "torch threads of the run (default: OMP_NUM_THREADS, else the cores the load "
+                             "average leaves free, at least 1; a sweep worker's share of the cores; recorded in "
+                             "the file)")
     dtype: str = _f("float64", "floating-point precision")
 
     def __post_init__(self) -> None:
@@ -273,6 +274,16 @@ class RunConfig:
             if getattr(self, f) != _DEFAULTS[f]:
                 raise ConfigError(f, getattr(self, f), f"sets the built-in {'network' if name == 'model' else 'data'}, "
                                   f"which {name} = {reference!r} replaces: pass it in {name}_args")
+
+    @property
+    def network_width(self) -> float:
+        """The width h of the sqrt(h) alpha axes: ``width`` for the built-in networks; for your
+        model the ``model_args`` value that ``width_from`` names (default: the key ``width``);
+        NaN when it has none (tables and figures then use alpha alone)."""
+        if self.model is None:
+            return float(self.width)
+        value = self.model_args.get(self.width_from or "width")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
     @property
     def scheme(self) -> str:

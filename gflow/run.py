@@ -24,6 +24,8 @@ from .methods import check_available, integrate_flow, make_events, save_times
 from .progress import ProgressBar
 from .store import RunLock, TrajectoryWriter
 from .store.format import repair_truncated
+from .store.reader import TrajectoryFile
+from .threads import torch_threads
 from .trajectory import Trajectory, matching_flow
 
 
@@ -113,9 +115,10 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     out = Path(out)
     _check_output(out, overwrite)
     check_available(cfg)
-    flow = build(cfg, model=model, data=data, loss=loss)
-    writer = TrajectoryWriter(out, flow, save_times(cfg), overwrite=overwrite)
-    _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)
+    with torch_threads(cfg.threads):
+        flow = build(cfg, model=model, data=data, loss=loss)
+        writer = TrajectoryWriter(out, flow, save_times(cfg), overwrite=overwrite)
+        _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress)
     return Trajectory(out, model=model, data=data, loss=loss, trust_code=True)  # the caller's own config
 
 
@@ -166,8 +169,9 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
     lock = RunLock(path)  # before touching the file: no live writer may hold it
     try:
         repair_truncated(path)
-        return _resume(path, lock, {"model": model, "data": data, "loss": loss, "trust_code": trust_code},
-                       max_steps, max_wall, progress)
+        with torch_threads(TrajectoryFile(path).config.threads):
+            return _resume(path, lock, {"model": model, "data": data, "loss": loss, "trust_code": trust_code},
+                           max_steps, max_wall, progress)
     finally:
         lock.release()
 

@@ -52,6 +52,7 @@ from ._toml import read_toml
 from .config import RunConfig
 from .errors import GflowError, OutputExists, RunBusy
 from .manifest import Manifest
+from .threads import ENV as THREADS_ENV
 
 ENGINES = ("local", "dask")
 MAX_RUNS = 100_000  # runs in one sweep, checked before the grid is expanded
@@ -201,10 +202,8 @@ def run_one(cfg_json: str, path: str, threads: int | None = None) -> dict[str, s
     from .run import resume, run
     from .store import TrajectoryFile
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    if threads:  # this worker's share of the cores, for runs whose config leaves threads unset
+        os.environ[THREADS_ENV] = str(threads)
     out = Path(path)
     if _ORPHANED.is_set():  # the sweep died while this worker was between runs: take no new one
         return {"name": out.stem, "action": "skip", "status": "stopped", "reason": "the sweep's process died"}
@@ -308,7 +307,14 @@ def run_sweep(
     (default: one per CPU core) on local processes or on Dask (a LocalCluster, or the
     cluster at ``scheduler``). Returns one result per run (name, action, status, reason);
     ``on_result`` sees each as it arrives (the CLI prints a line per run when no progress
-    bar is shown)."""
+    bar is shown).
+
+    Local workers are fresh Python processes that import the caller's ``__main__``: a
+    script must call ``run_sweep`` under ``if __name__ == "__main__":``, or each worker
+    would start the sweep again (it is refused in one line)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a local worker importing the caller's script: its run_sweep call is not guarded
+        raise SystemExit(f"gflow: {UNGUARDED}")
     if engine not in ENGINES:
         raise GflowError(f"engine = {engine!r}: must be one of {', '.join(ENGINES)}")
     if scheduler and engine != "dask":
@@ -331,7 +337,9 @@ def run_sweep(
     workers = workers or os.cpu_count() or 1
     # Each worker gets its share of the cores: torch would otherwise start one thread per
     # core in every worker and the workers would fight over them.
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # (a remote scheduler's workers have cores of their own: Dask's nanny sets their
+    # OMP_NUM_THREADS, which gflow.threads honours).
+    threads = None if scheduler else max(1, (os.cpu_count() or 1) // workers)
     submit = _dask_engine(workers, scheduler) if engine == "dask" else _local_engine(workers)
     results = []
     counts: Counter[str] = Counter()
@@ -390,6 +398,8 @@ def _local_engine(workers: int) -> Submit:
                     yield result
             if not broken:
                 return
+            if restart == 0 and len(pending) == len(tasks) and _none_started(tasks):
+                raise GflowError(f"every worker process died before it started a run; {UNGUARDED}")
             retry = []
             for task in pending:  # the runs a dead worker had taken are reported; the others start afresh
                 ended = _after_a_dead_worker(Path(task[1]), last=restart == POOL_RESTARTS)
@@ -400,6 +410,19 @@ def _local_engine(workers: int) -> Submit:
             pending = retry
 
     return submit
+
+
+UNGUARDED = ("a script that calls run_sweep must call it under `if __name__ == \"__main__\":` (each local "
+             "worker process imports the script; unguarded, it would start the sweep again)")
+
+
+def _none_started(tasks: list[tuple[Any, ...]]) -> bool:
+    """Whether no run of ``tasks`` left its planned state (its workers died on start)."""
+    try:
+        entries = Manifest(Path(tasks[0][1]).parent).read()
+    except GflowError:
+        return False
+    return all(entries.get(Path(t[1]).stem, {}).get("state") == "planned" for t in tasks)
 
 
 def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:

@@ -12,16 +12,22 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .errors import GflowError
+from .errors import GflowError, UntrustedCode
 from .geometry import check_threshold, first_crossing
 from .trajectory import open_trajectory
 
 
 def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool = False) -> pd.DataFrame:
-    """One row per run: file, alpha, width (of gflow's network, or the ``width`` argument of
-    a model factory; NaN when there is none), seed, t1 by each estimator (inf: not reached),
-    and the kernel change at the last save. The estimators rebuild the network: runs made
-    with factory references need ``trust_code=True`` (see :func:`gflow.open`)."""
+    """One row per run: file, alpha, width (:attr:`RunConfig.network_width`: NaN for a
+    model without one), seed, t1 by each estimator (inf: not reached), the kernel change at
+    the last save, ``jvp`` (how the Jacobian-vector products were taken: forward, or
+    reverse-over-reverse for fused kernels without a forward rule) and ``note``.
+
+    The linearization and curvature estimators rebuild the network: runs made with factory
+    references need ``trust_code=True`` (see :func:`gflow.open`; without it, UntrustedCode)
+    and the user's code importable. Where the network cannot be rebuilt, the row still gives the kernel t1 from
+    the kernel snapshots the run stored (NaN without them) and ``note`` says why the others
+    are missing."""
     check_threshold(eps)
     rows = []
     for path in paths:
@@ -29,15 +35,27 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool 
         if not len(traj):
             raise GflowError(f"{path}: no saves yet: no time scale to measure")
         cfg = traj.config
+        row = {"file": str(path), "alpha": cfg.alpha, "width": cfg.network_width, "seed": cfg.seed,
+               "t_end": float(traj.save_times[-1]), "t1_linearization": math.nan, "t1_kernel": math.nan,
+               "t1_curvature": math.nan, "kernel_change_end": math.nan, "jvp": "", "note": ""}
+        try:
+            traj.flow  # noqa: B018 (rebuilt once, or the reason it cannot be)
+        except UntrustedCode:
+            raise
+        except GflowError as e:
+            row["note"] = f"no network ({e}): kernel t1 from the stored snapshots only"
+            times, change = traj.stored_kernel_change()
+            if len(change):
+                row.update(t1_kernel=first_crossing(times, change, eps), kernel_change_end=float(change[-1]))
+            rows.append(row)
+            continue
         # the kernel change is computed once (from the stored states when the run took no
         # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it
         times, change = traj.kernel_change()
-        rows.append({
-            "file": str(path), "alpha": cfg.alpha,
-            "width": cfg.width if cfg.model is None else cfg.model_args.get("width", math.nan), "seed": cfg.seed, "t_end": float(traj.save_times[-1]),
-            "t1_linearization": traj.t1("linearization", eps), "t1_kernel": first_crossing(times, change, eps),
-            "t1_curvature": traj.t1("curvature"), "kernel_change_end": float(change[-1]),
-        })
+        row.update(t1_linearization=traj.t1("linearization", eps), t1_kernel=first_crossing(times, change, eps),
+                   t1_curvature=traj.t1("curvature"), kernel_change_end=float(change[-1]),
+                   jvp=traj.flow.model.jvp.mode or "")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -69,6 +69,7 @@ def _versions() -> str:
     return json.dumps({
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
         "h5py": h5py.__version__, "torchdiffeq": torchdiffeq.__version__, "gflow": _gflow_version(),
+        "threads": torch.get_num_threads(),
     })
 
 
