@@ -162,6 +162,10 @@ def format_summary(traj: Any) -> str:
             f"  train        loss {s['train_loss']:.4e}  error {s['train_err']:.4f}",
             f"  test         loss {s['test_loss']:.4e}  error {s['test_err']:.4f}",
         ]
+        if "saved_t" in s:  # the loss is the latest step's; errors and test loss wait for a save
+            lines[-2] = (f"  train        loss {s['train_loss']:.4e} at t = {s['t']:.6g}; error {s['train_err']:.4f} "
+                         f"at the last save, t = {s['saved_t']:.6g}")
+            lines[-1] += f" at t = {s['saved_t']:.6g}"
         if cfg.flow == "central" and len(traj):
             last = traj.saves.iloc[-1]
             lines.append(f"  central      {int(last['central_k'])} eigenvalue(s) at the edge 2/lr = {2 / cfg.lr:.6g}; "
@@ -228,7 +232,10 @@ def _cmd_t1(args: argparse.Namespace) -> int:
     from .timescales import t1_table
 
     table = t1_table(args.files, eps=args.eps, trust_code=args.trust_code)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
@@ -341,6 +348,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("t1", help="time scale t1 at which each run leaves the tangent space")
     p.add_argument("files", nargs="+")
     p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
     _add_trust_flag(p)
     p.set_defaults(func=_cmd_t1)
 

@@ -291,9 +291,10 @@ class TrajectoryFile:
         return self.read("kernel/t"), self.read("kernel/change")
 
     def summary(self) -> dict[str, Any]:
-        """Status, stop reason, how far the run got (t, step, evals, wall: its checkpoint,
-        which lies past the last save when it stopped between save times) and the last
-        save's losses and errors. Reads one row of each table, so a catalog of many runs
+        """Status, stop reason, how far the run got (t, step, evals, wall: its latest step on
+        disk, past the last save for a live run or one stopped between save times) with the
+        training loss there, and the last save's errors and test loss (at ``saved_t`` when
+        that is earlier than t). Reads one row of each table, so a catalog of many runs
         stays cheap."""
         with self._file() as f:
             n = f["saves/t"].shape[0]
@@ -307,6 +308,16 @@ class TrajectoryFile:
                     reached = dict(zip(("t", "dt", "step", "evals", "wall"), scalars))
                     if reached["t"] > last["t"]:
                         last.update({k: reached[k] for k in ("t", "step", "evals", "wall")})
+            steps = committed(f, "steps/t") if "steps" in f else 0
+            if n and steps:
+                # The latest accepted step on disk (a live run flushes its rows every 30 s, a
+                # stopped one at its end) gives t and the training loss together; errors and
+                # test metrics stay those of the last save (``saved_t``).
+                saved_t = float(read_data(f["saves/t"], n - 1))
+                row = {c: float(read_data(f[f"steps/{c}"], steps - 1)) for c in ("t", "loss", "evals", "wall")}
+                if row["t"] > saved_t and steps >= last["step"]:
+                    last.update(t=row["t"], step=steps, evals=row["evals"], wall=row["wall"], train_loss=row["loss"],
+                                saved_t=saved_t)
         for c in ("step", "evals"):
             if c in last:
                 last[c] = int(last[c])

@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -103,7 +104,8 @@ class TrajectoryWriter(Observer):
     """Streams a run into ``path`` in HDF5 SWMR mode, so other processes can read it while
     it grows and a killed run leaves a valid file.
 
-    Step rows are buffered and written, with the save row, at every save; ``saves/t`` is
+    Step rows are buffered and written with the save row at every save, and at least every
+    STEP_FLUSH_S seconds between saves (a live reader sees the run move); ``saves/t`` is
     extended last, after a flush, and marks the save complete. Readers count only complete
     saves. The writer holds an exclusive lock (``<path>.lock``) for its lifetime, so no
     second process can write or resume the same run. ``finish(stop)`` records the final
@@ -121,6 +123,7 @@ class TrajectoryWriter(Observer):
         self._forwards = 0  # forward passes over the training set for interpolated saves
         self._pending: SaveRecord | None = None  # the state a run stopped at, between save times
         self._rows: list[tuple[float, ...]] = []
+        self._flushed = time.monotonic()  # when step rows were last written
         self._last_row_state = False  # whether the last save row written holds its state
         self._last_row: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
@@ -298,8 +301,13 @@ class TrajectoryWriter(Observer):
             record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
             record.rejected, record.evals, record.wall, record.ratios.get("ritz_max", np.nan),
         ))
+        if time.monotonic() - self._flushed >= STEP_FLUSH_S:  # a live reader sees the run move between saves
+            with self._writing():
+                self._flush_steps()
+                self.file.flush()
 
     def _flush_steps(self) -> None:
+        self._flushed = time.monotonic()
         if self._rows:
             rows = np.array(self._rows, dtype=np.float64)
             for i, c in enumerate((*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)):
@@ -487,6 +495,7 @@ _NO_ROOM = {errno.ENOSPC: "no space left on the disk of", errno.EFBIG: "the file
 
 
 STATE_BUDGET = 64 * 2**20
+STEP_FLUSH_S = 30.0  # at most this long between writes of step rows
 
 
 def state_indices(flow: GradientFlow, scheduled: int) -> set[int]:

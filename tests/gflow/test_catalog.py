@@ -111,3 +111,22 @@ def test_weight_scaling_recovers_the_lazy_slope_with_an_offset_per_width():
     assert fit["exponent"] == pytest.approx(-1.0) and fit["runs"] == 5  # h = 25, alpha = 10 is below 100
     with pytest.raises(GflowError, match="two or more values"):
         weight_scaling(pd.DataFrame(rows[:1]))
+
+
+def test_rows_are_sorted_by_the_numbers_in_file_names(runs):
+    from gflow.catalog import natural_key
+
+    files = [f for f in catalog(runs)["file"] if f != "junk.h5"]
+    assert files == sorted(files, key=natural_key)
+    assert files.index("a0.5-h12-s0.h5") < files.index("a2.0-h6-s0.h5")
+    names = ["alpha=10_x", "alpha=2_y", "alpha=1e-2_z", "h=100", "h=30"]
+    assert sorted(names, key=natural_key) == ["alpha=1e-2_z", "alpha=2_y", "alpha=10_x", "h=30", "h=100"]
+
+
+def test_a_user_models_width_is_the_key_width_from_names_or_nan(tmp_path):
+    base = RunConfig(model="tests.gflow.usercode:mlp", ptr=30, pte=10, t_end=2.0, saves=2)
+    gflow.run(base.replace(model_args={"width": 8}), tmp_path / "w.h5", progress=False)
+    gflow.run(base.replace(model_args={"width": 6}, width_from="width"), tmp_path / "n.h5", progress=False)
+    gflow.run(base.replace(model="tests.gflow.layers:layernorm", model_args={}), tmp_path / "none.h5", progress=False)
+    widths = catalog(tmp_path).set_index("file")["width"]
+    assert widths["w.h5"] == 8 and widths["n.h5"] == 6 and widths.isna()["none.h5"]

@@ -123,3 +123,36 @@ def test_resume_continues_a_stopped_run_under_a_new_step_budget(tmp_path, capsys
     assert "status       finished" in capsys.readouterr().out
     assert main(["run", "--resume", str(out)]) == 2
     assert "status finished; only running (killed) or stopped runs can be resumed" in capsys.readouterr().err
+
+
+def test_show_of_a_stopped_run_gives_t_and_loss_of_the_same_step(tmp_path, capsys):
+    import gflow
+
+    out = tmp_path / "s.h5"
+    main(["run", *FAST, "--saves", "2", "--t-end", "50", "--max-steps", "40", "--out", str(out)])
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    steps = gflow.open(out).steps
+    t, loss = steps["t"].iloc[-1], steps["loss"].iloc[-1]
+    assert f"reached      t = {t:.6g}" in shown
+    assert f"loss {loss:.4e} at t = {t:.6g}; error" in shown and "at the last save" in shown
+
+
+def test_t1_without_the_users_package_gives_the_stored_kernel_t1_and_says_why(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "mymodels.py").write_text("from torch import nn\n\ndef net(d=64):\n"
+                                         "    return nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 1))\n")
+    out = tmp_path / "u.h5"
+    made = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--model", "mymodels:net", "--ptr", "30", "--pte",
+                           "10", "--t-end", "10", "--saves", "5", "--kernel-n", "6", "--kernel-every", "1",
+                           "--out", str(out)], capture_output=True, text=True, cwd=package)
+    assert made.returncode == 0, made.stderr
+    proc = _gflow("t1", str(out), "--trust-code", "--format", "csv", cwd=tmp_path)  # mymodels not importable here
+    assert proc.returncode == 0, proc.stderr
+    import csv
+    import io
+
+    row = next(csv.DictReader(io.StringIO(proc.stdout)))
+    assert float(row["t1_kernel"]) > 0 and row["t1_linearization"] == "" and "cannot import module 'mymodels'" in row["note"]

@@ -121,3 +121,45 @@ def test_the_papers_tau_schedule_is_tau_over_h_times_sqrt_h_alpha_capped():
 def test_the_tau_schedule_is_given_whole_or_not_at_all(changes, field):
     with pytest.raises(ConfigError, match=field):
         RunConfig(solver="momentum", **changes)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"save_at": [2.0, 1.0]}, "save_at = [2.0, 1.0]: must be increasing, without repeats"),
+    ({"save_at": [0.0, 1.0]}, "each a finite number > 0"),
+    ({"save_at": [1.0], "saves": 5}, "saves = 5: save_at lists the save times"),
+    ({"save_at": [1.0, 2e4]}, "must lie in (0, t_end = 10000]"),
+    ({"save_spacing": "cubic"}, "save_spacing = 'cubic': must be one of log, linear"),
+    ({"device": "gpu0"}, "device = 'gpu0': must be cpu, cuda or cuda:N"),
+    ({"threads": 0}, "threads = 0: must be >= 1"),
+    ({"batchnorm": "train"}, "batchnorm = 'train': must be one of calibrate, as-is, refuse"),
+    ({"weight_decay": -1.0}, "weight_decay = -1.0: must be a finite number >= 0"),
+    ({"weight_decay_center": "w0"}, "must be one of zero, init"),
+    ({"width_from": "channels"}, "width_from = 'channels': names a model_args key"),
+])
+def test_new_fields_are_validated_in_one_line(fields, message):
+    with pytest.raises(GflowError) as e:
+        RunConfig(**fields)
+    assert message in str(e.value)
+
+
+def test_save_schedules_explicit_linear_and_log():
+    from gflow.methods import save_times
+
+    assert save_times(RunConfig(save_at=[60.0, 70.0, 110.0], t_end=200.0)) == [0.0, 60.0, 70.0, 110.0, 200.0]
+    assert save_times(RunConfig(save_spacing="linear", saves=5, save_t_min=20.0, t_end=100.0)) == \
+        [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+    log = save_times(RunConfig(saves=3, save_t_min=1.0, t_end=100.0))
+    assert log == pytest.approx([0.0, 1.0, 10.0, 100.0])
+
+
+def test_network_width_of_builtin_and_user_models():
+    assert RunConfig(width=30).network_width == 30
+    assert RunConfig(model="a:b", model_args={"width": 64}).network_width == 64
+    assert RunConfig(model="a:b", model_args={"channels": 16}, width_from="channels").network_width == 16
+    assert math.isnan(RunConfig(model="a:b", model_args={"depth": 2}).network_width)
+
+
+def test_list_fields_round_trip_through_toml_and_json(tmp_path):
+    cfg = RunConfig(save_at=[1.5, 3.0], device="cuda:1", threads=2)
+    cfg.save(tmp_path / "c.toml")
+    assert RunConfig.load(tmp_path / "c.toml") == cfg == RunConfig.from_json(cfg.to_json())

@@ -211,3 +211,56 @@ def test_a_factory_gives_the_same_initialisation_whatever_default_dtype_the_call
     b = gflow.build(USER)
     assert torch.get_default_dtype() == torch.float32  # restored after the factory call
     assert torch.equal(a.w0, b.w0)
+
+
+@pytest.mark.parametrize("center", ["zero", "init"])
+def test_weight_decay_gradient_matches_finite_differences_of_the_penalised_loss(center):
+    lam = 0.03
+    flow = gflow.build(RunConfig(weight_decay=lam, weight_decay_center=center, **SMALL))
+    gen = torch.Generator().manual_seed(2)
+    w = flow.w0 + 0.1 * torch.randn(flow.n_params, generator=gen)
+    c = flow.w0 if center == "init" else torch.zeros_like(w)
+
+    def total(p):
+        return flow.loss(flow.outputs(p, flow.x_train), "train") + lam / 2 * float((p - c).pow(2).sum())
+
+    loss, grad, _ = flow.loss_and_grad(w)
+    assert float(loss) == pytest.approx(total(w), rel=1e-12)
+    u = torch.randn(flow.n_params, generator=gen)
+    u /= u.norm()
+    eps = 1e-5
+    assert float(grad @ u) == pytest.approx((total(w + eps * u) - total(w - eps * u)) / (2 * eps), rel=1e-6)
+
+
+def test_weight_decay_shifts_the_hessian_spectrum_by_lambda():
+    from gflow.hessian import top_eigenvalues
+
+    base = gflow.build(RunConfig(**SMALL))
+    decayed = gflow.build(RunConfig(weight_decay=0.25, **SMALL))
+    top = top_eigenvalues(base, base.w0, k=3, tol=1e-10).values
+    shifted = top_eigenvalues(decayed, decayed.w0, k=3, tol=1e-10).values
+    assert np.allclose(shifted, top + 0.25, rtol=1e-8)
+
+
+def test_weight_decay_flow_of_a_linear_model_is_the_closed_form(tmp_path):
+    """f(w, x) = x . w with the quadratic loss: dw/dt = -(H w - b) - lambda (w - c) has the
+    solution w* + expm(-(H + lambda) t)(w0 - w*)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 5), torch.randn(20)
+    model = torch.nn.Linear(5, 1, bias=False)
+    lam, t_end = 0.3, 4.0
+    cfg = RunConfig(loss="mse", centered=False, weight_decay=lam, weight_decay_center="zero", t_end=t_end, saves=3,
+                    save_t_min=1.0, rtol=1e-10, atol=1e-12)
+    traj = gflow.run(cfg, tmp_path / "lin.h5", model=model, data=(x, y), progress=False)
+    flow = traj.flow
+    w0 = flow.w0
+    # L = 1/(2n) |x w - y|^2 (gflow's mse is (a - y)^2 / 2 per sample): H = x^T x / n, b = x^T y / n
+    hess = x.T @ x / len(x) + lam * torch.eye(5)
+    w_star = torch.linalg.solve(hess, x.T @ y / len(x))
+    exact = w_star + torch.linalg.matrix_exp(-hess * t_end) @ (w0 - w_star)
+    assert torch.allclose(traj.weights(-1), exact, rtol=1e-7, atol=1e-9)
+    # the stored training loss is the penalised objective
+    stored = traj.saves["train_loss"].to_numpy()
+    w_end = traj.weights(-1)
+    objective = 0.5 * float(((x @ w_end - y) ** 2).mean()) + lam / 2 * float(w_end @ w_end)
+    assert stored[-1] == pytest.approx(objective, rel=1e-9)

@@ -116,3 +116,46 @@ def test_cnn_rejects_inputs_that_are_not_square_images():
         build_model(10, "cnn", 1, 4, "relu", "ntk", 1.0, 0, torch.float64, torch.device("cpu"))
     with pytest.raises(ConfigError, match="arch cnn needs the images themselves"):
         RunConfig(arch="cnn", pca=10)
+
+
+def _bn_flow(**fields):
+    import gflow
+
+    return gflow.build(gflow.RunConfig(model="tests.gflow.layers:batchnorm", ptr=60, pte=10, **fields))
+
+
+def test_batchnorm_is_calibrated_on_the_training_set_at_w0_by_default():
+    """In eval mode a fresh BatchNorm is the identity (mean 0, var 1); calibrated, it
+    normalises the training set's features at w0 as a full-batch pass would."""
+    flow = _bn_flow()
+    net = flow.model.module.net
+    with torch.no_grad():
+        z, h = net[1](net[0](flow.x_train)), net[0](flow.x_train)
+    assert float(z.mean(0).abs().max()) < 1e-12
+    bn = net[1]
+    expected = 1 / (1 + bn.eps / h.var(0, unbiased=False))
+    assert torch.allclose(z.var(0, unbiased=False), expected, rtol=1e-10)
+    recorded = flow.sources["model"]["batchnorm"]
+    assert recorded["policy"] == "calibrate" and recorded["points"] == 60
+    assert np.allclose(recorded["layers"]["net.1"]["mean"], bn.running_mean.numpy())
+
+
+def test_batchnorm_calibration_in_chunks_equals_one_batch():
+    one, chunked = _bn_flow(), _bn_flow(chunk=7)
+    assert torch.allclose(one.f0_train, chunked.f0_train, rtol=1e-12, atol=1e-14)
+
+
+def test_batchnorm_as_is_keeps_the_modules_statistics_and_refuse_is_one_error():
+    import gflow
+
+    bn = _bn_flow(batchnorm="as-is").model.module.net[1]
+    assert torch.equal(bn.running_mean, torch.zeros(12)) and torch.equal(bn.running_var, torch.ones(12))
+    with pytest.raises(gflow.ConfigError, match="batchnorm = 'refuse': the network has BatchNorm layers"):
+        _bn_flow(batchnorm="refuse")
+
+
+def test_a_model_without_batchnorm_records_no_policy():
+    import gflow
+
+    flow = gflow.build(gflow.RunConfig(model="tests.gflow.layers:layernorm", ptr=20, pte=5))
+    assert "batchnorm" not in flow.sources["model"]

@@ -163,3 +163,51 @@ def test_a_run_from_objects_is_resumed_with_them_bitwise(tmp_path):
     done = gflow.resume(part.path, model=model, data=data, loss=usercode.log_cosh, max_steps=10**6, progress=False)
     assert done.status == "finished"
     assert np.array_equal(done.state(-1), whole.state(-1))
+
+
+def test_explicit_save_times_are_the_saves(tmp_path):
+    cfg = RunConfig(ptr=40, pte=10, width=10, t_end=12.0, save_at=[0.5, 6.0, 6.5, 7.0])
+    traj = gflow.run(cfg, tmp_path / "at.h5", progress=False)
+    assert traj.save_times.tolist() == [0.0, 0.5, 6.0, 6.5, 7.0, 12.0]
+
+
+def test_linear_save_spacing_is_even(tmp_path):
+    cfg = RunConfig(ptr=40, pte=10, width=10, t_end=10.0, saves=5, save_t_min=2.0, save_spacing="linear")
+    traj = gflow.run(cfg, tmp_path / "lin.h5", progress=False)
+    assert np.allclose(traj.save_times, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
+
+
+def test_off_a_terminal_progress_is_a_line_every_so_often(tmp_path, capsys, monkeypatch):
+    import gflow.progress
+
+    monkeypatch.setattr(gflow.progress, "LINE_EVERY_S", 0.0)
+    gflow.run(RunConfig(ptr=40, pte=10, width=10, t_end=20.0, saves=3), tmp_path / "p.h5")  # progress=None: auto
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) > 3 and "\r" not in "".join(lines)
+    last = lines[-1]
+    assert last.startswith("gflow: t=") and "loss=" in last and "steps=" in last and "evals=" in last
+    assert "% of log t" in last and "left)" in last
+
+
+def test_threads_are_set_for_the_run_restored_after_and_recorded(tmp_path):
+    import json
+
+    before = torch.get_num_threads()
+    traj = gflow.run(RunConfig(ptr=40, pte=10, width=10, t_end=2.0, saves=2, threads=1), tmp_path / "t.h5",
+                     progress=False)
+    assert torch.get_num_threads() == before
+    assert json.loads(traj.attrs["versions"])["threads"] == 1
+
+
+def test_default_threads_honour_omp_num_threads_and_the_load(monkeypatch):
+    import os
+
+    from gflow.threads import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1e6, 0.0, 0.0))
+    assert default_threads() == 1  # a loaded machine: one thread
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads() == len(os.sched_getaffinity(0))  # idle: every core

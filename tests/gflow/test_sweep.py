@@ -320,3 +320,16 @@ def test_a_damaged_manifest_is_one_row_and_never_hides_the_runs(tmp_path):
     table = gflow.catalog(tmp_path)
     assert list(table["file"]) == [traj.path.name, "gflow-sweep.json"]
     assert list(table["status"]) == ["finished", "unreadable"]
+
+
+def test_a_script_without_a_main_guard_is_refused_in_one_line(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text("import gflow\n"
+                      "sweep = gflow.Sweep(base={'ptr': 30, 'pte': 10, 't_end': 2.0, 'saves': 2, 'width': 8},\n"
+                      "                    grid={'alpha': [0.5, 2.0]})\n"
+                      "gflow.run_sweep(sweep, 'out', workers=2, progress=False)\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'must call it under `if __name__ == "__main__":`' in proc.stderr
+    assert "BrokenProcessPool" not in proc.stderr and len(proc.stderr.splitlines()) < 20
+    assert not list((tmp_path / "out").glob("*.h5"))

@@ -159,3 +159,25 @@ def test_a_linearized_run_stores_no_representation_change_and_says_why_it_has_no
     assert traj.status == "finished" and not traj.has("saves/representation_change")
     with pytest.raises(GflowError, match="not for a linearized run"):
         traj.representation_change(n=10)
+
+
+def test_weights_and_named_parameters_read_without_the_network(from_factories):
+    from gflow.store import TrajectoryFile
+
+    file = TrajectoryFile(from_factories)  # no trust, no user code: the file alone
+    params = file.parameters(-1)
+    assert [[n, list(p.shape)] for n, p in params.items()] == file.sources["model"]["parameters"]
+    flat = torch.cat([p.reshape(-1) for p in params.values()])
+    assert torch.equal(flat, file.weights(-1)) and torch.equal(flat, file.state(-1)[: len(flat)])
+    assert torch.equal(gflow.open(from_factories).weights(-1), flat)  # stored: the network is not rebuilt
+
+
+def test_kernel_change_honours_n_when_snapshots_were_stored_on_other_points(tmp_path):
+    path = tmp_path / "k.h5"
+    gflow.run(TINY.replace(kernel_n=6, kernel_every=1), path, progress=False)
+    traj = gflow.open(path)
+    stored = traj.kernel_change()
+    assert np.array_equal(stored[1], traj.stored_kernel_change()[1])
+    assert np.array_equal(traj.kernel_change(n=6)[1], stored[1])
+    other = traj.kernel_change(n=12)[1]
+    assert len(other) == len(traj) and not np.allclose(other[-1], stored[1][-1])
