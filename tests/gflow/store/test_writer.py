@@ -172,3 +172,27 @@ def test_a_real_full_disk_stops_the_run_and_more_room_lets_it_finish(small_disk,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     _same_saves(gflow.open(out), uninterrupted)
+
+
+def test_a_live_reader_sees_step_rows_between_saves(tmp_path, monkeypatch):
+    """Step rows reach the file at least every STEP_FLUSH_S seconds (here: at every step), so
+    another process's `gflow show` moves between two saves."""
+    monkeypatch.setattr(writer_module, "STEP_FLUSH_S", 0.0)
+    path = tmp_path / "live.h5"
+    seen = []
+    observe = writer_module.TrajectoryWriter.on_step
+
+    def spy(self, record):
+        observe(self, record)
+        if record.steps == 30:
+            read = ("import sys; from gflow.store import TrajectoryFile; s = TrajectoryFile(sys.argv[1]).summary(); "
+                    "print(s['step'], s['t'], s['train_loss'], s['saved_t'])")
+            seen.append(subprocess.run([sys.executable, "-c", read, str(path)], capture_output=True, text=True))
+            seen.append((record.ev.t, float(record.ev.aux["loss"])))
+
+    monkeypatch.setattr(writer_module.TrajectoryWriter, "on_step", spy)
+    gflow.run(CFG.replace(saves=1, save_t_min=CFG.t_end), path, progress=False)  # saves at t = 0 and t_end only
+    proc, (t, loss) = seen
+    assert proc.returncode == 0, proc.stderr
+    step, t_read, loss_read, saved_t = proc.stdout.split()
+    assert int(step) == 30 and float(t_read) == t and float(loss_read) == loss and float(saved_t) == 0.0
