@@ -21,6 +21,8 @@ from .store import TrajectoryFile
 
 KINDS = ("test-error", "kernel-change", "learning-curves", "phase", "ensemble", "alignment", "sharpness", "weight-scaling", "layers")
 _STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("", "o", "s", "^", "x")
+LEGEND_LAYERS = 12  # layers named in a legend; the rest counted
 
 
 def _figure(ncols: int = 1, nrows: int = 1):
@@ -42,11 +44,33 @@ def _plain_ticks(axis, values) -> None:
 
 
 def _finished(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs, with ``scale`` = sqrt(h) alpha, or alpha alone when a run has no
+    width (a user model without ``width_from``: :attr:`RunConfig.network_width` is NaN)."""
     done = table[table["status"] == "finished"].copy()
     if done.empty:
         raise GflowError("no finished runs to plot")
-    done["scale"] = np.sqrt(done["width"]) * done["alpha"]
+    done["scale"] = done["alpha"] if _widthless(done) else np.sqrt(done["width"]) * done["alpha"]
     return done
+
+
+def _widthless(table: pd.DataFrame) -> bool:
+    return bool(table["width"].isna().any())
+
+
+def _scale_label(table: pd.DataFrame, log: bool = False) -> str:
+    name = r"\alpha" if _widthless(table) else r"\sqrt{h}\,\alpha"
+    return rf"$\log_{{10}} {name}$" if log else rf"${name}$"
+
+
+def _width_label(width: float) -> str:
+    return "no width h" if pd.isna(width) else f"h = {width:g}"
+
+
+def _no_width_note(ax, table: pd.DataFrame) -> None:
+    """Say on the figure that its runs have no width (alpha alone on the axes)."""
+    if _widthless(table):
+        ax.text(0.02, 0.02, "runs without a width h (set width_from): alpha alone", transform=ax.transAxes,
+                fontsize=7, color="0.4")
 
 
 def _seeds(n: int) -> str:
@@ -56,14 +80,16 @@ def _seeds(n: int) -> str:
 def _per_width(ax, table: pd.DataFrame, column: str) -> None:
     """Mean over seeds of ``column`` against sqrt(h) alpha, one line per width, the spread
     over seeds (one standard deviation) shaded."""
-    for (width, group), style in zip(table.groupby("width"), _STYLES * 10):
+    for (width, group), style in zip(table.groupby("width", dropna=False), _STYLES * 10):
         stats = group.groupby("scale")[column].agg(["mean", "std", "count"])
-        line, = ax.plot(stats.index, stats["mean"], "o" + style, label=f"h = {width} ({_seeds(int(stats['count'].max()))})")
+        line, = ax.plot(stats.index, stats["mean"], "o" + style,
+                        label=f"{_width_label(width)} ({_seeds(int(stats['count'].max()))})")
         spread = stats["std"].fillna(0.0)
         ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
-    ax.set_xlabel(r"$\sqrt{h}\,\alpha$")
+    ax.set_xlabel(_scale_label(table))
     ax.legend(fontsize=8)
+    _no_width_note(ax, table)
 
 
 def test_error_figure(directory: str | Path):
@@ -110,39 +136,58 @@ def learning_curves_figure(directory: str | Path):
     cmap = matplotlib.colormaps["viridis"]
     scales = np.log10(table["scale"].to_numpy())
     norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
-    widths = sorted(table["width"].unique())
-    for (alpha, width), group in table.groupby(["alpha", "width"]):
-        scale = float(np.sqrt(width) * alpha)
-        color, style = cmap(norm(np.log10(scale))), _STYLES[widths.index(width) % len(_STYLES)]
+    widths = list(table["width"].drop_duplicates().sort_values())
+    for (alpha, width), group in table.groupby(["alpha", "width"], dropna=False):
+        scale = float(group["scale"].iloc[0])
+        style = _STYLES[next(i for i, w in enumerate(widths) if w == width or pd.isna(w) and pd.isna(width)) % len(_STYLES)]
+        color = cmap(norm(np.log10(scale)))
         for row, column in enumerate(("train_err", "test_err")):
             times, mean, std = _curves(directory, group["file"], column)
             for col, x in enumerate((times, times / scale)):
                 ax = axes[row, col]
                 ax.plot(x, mean, style, color=color, lw=1.2)
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, lw=0)
+    rescaled = r"$t / \alpha$" if _widthless(table) else r"$t / (\sqrt{h}\,\alpha)$"
     for row, name in enumerate(("train error", "test error")):
-        for col, label in enumerate(("t", r"$t / (\sqrt{h}\,\alpha)$")):
+        for col, label in enumerate(("t", rescaled)):
             ax = axes[row, col]
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel(name)
             ax.set_title(f"{name} vs {'t' if col == 0 else 'rescaled time'}", fontsize=10)
-    seeds = int(table.groupby(["alpha", "width"]).size().max())
-    handles = [matplotlib.lines.Line2D([], [], color="k", ls=_STYLES[i % len(_STYLES)], label=f"h = {w}")
+    seeds = int(table.groupby(["alpha", "width"], dropna=False).size().max())
+    handles = [matplotlib.lines.Line2D([], [], color="k", ls=_STYLES[i % len(_STYLES)], label=_width_label(w))
                for i, w in enumerate(widths)]
-    axes[0, 0].legend(handles=handles, fontsize=8, title=f"mean of {seeds} seeds, band: std", title_fontsize=8)
+    axes[0, 0].legend(handles=handles, fontsize=8, title=f"mean of {_seeds(seeds)}, band: std", title_fontsize=8)
+    _no_width_note(axes[1, 0], table)
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(),
-                 label=r"$\log_{10}\sqrt{h}\,\alpha$")
+                 label=_scale_label(table, log=True))
     return fig
 
 
 def phase_figure(directory: str | Path):
     """The (h, alpha) plane coloured by final test error (mean over seeds), with the line
-    alpha* = 1/sqrt(h) that separates the regimes."""
+    alpha* = 1/sqrt(h) that separates the regimes. Runs without a width (a user model
+    without ``width_from``), or of a single width: test error against alpha, one line per
+    width, and the crossover alpha* = 1/sqrt(h) marked where h is known."""
     table = _finished(catalog(directory))
-    mean = table.groupby(["width", "alpha"])["test_err"].mean().reset_index()
+    mean = table.groupby(["width", "alpha"], dropna=False)["test_err"].mean().reset_index()
     fig, axes = _figure()
     ax = axes[0, 0]
+    if _widthless(table) or mean["width"].nunique() < 2:
+        for (width, group), style in zip(mean.groupby("width", dropna=False), _STYLES * 10):
+            line, = ax.plot(group["alpha"], group["test_err"], "o" + style, label=_width_label(width))
+            if not pd.isna(width):
+                ax.axvline(1 / np.sqrt(width), color=line.get_color(), ls=":", lw=1,
+                           label=rf"$\alpha^* = 1/\sqrt{{h}}$ = {1 / np.sqrt(width):.2g}")
+        ax.set_xscale("log")
+        ax.set_xlabel(r"$\alpha$")
+        ax.set_ylabel("test error (mean over seeds)")
+        ax.legend(fontsize=8)
+        ax.set_title("feature (small alpha) and lazy (large) training" + (
+            "\nruns without a width h: no (h, alpha) plane (set width_from)" if _widthless(table) else
+            "\none width: no (h, alpha) plane"), fontsize=10)
+        return fig
     points = ax.scatter(mean["width"], mean["alpha"], c=mean["test_err"], cmap="viridis", s=80)
     fig.colorbar(points, ax=ax, label="test error (mean over seeds)")
     h = np.geomspace(mean["width"].min(), mean["width"].max(), 50)
@@ -158,31 +203,44 @@ def phase_figure(directory: str | Path):
 
 
 def ensemble_figure(directory: str | Path):
-    """Test error of the mean predictor and fluctuations delta_F vs h, one line per alpha."""
+    """Test error of the mean predictor and fluctuations delta_F vs h, one line per alpha;
+    for runs without a width (or of one width), against alpha, one line per width."""
     ens = ensemble(directory)
     if int(ens["seeds"].max()) < 2:
         raise GflowError(f"{directory}: every (alpha, width) has one seed; averages over initialisations need "
                          "at least two seeds per point (add seeds to the sweep's grid)")
     ens = ens[ens["seeds"] >= 2]
-    exponents = fluctuation_exponents(ens).set_index("alpha")["delta_F_exponent"]
     fig, axes = _figure(2)
-    for alpha, group in ens.groupby("alpha"):
-        group = group.sort_values("width")
-        slope = exponents[alpha]
-        axes[0, 0].plot(group["width"], group["ensemble_test_err"], "o-", label=rf"$\alpha$ = {alpha:g}")
-        axes[0, 1].plot(group["width"], group["delta_F"], "o-",
-                        label=rf"$\alpha$ = {alpha:g}" + (f", slope {slope:.2f}" if np.isfinite(slope) else ""))
+    against_alpha = _widthless(ens) or ens["width"].nunique() < 2
+    if against_alpha:
+        for (width, group), style in zip(ens.groupby("width", dropna=False), _STYLES * 10):
+            group = group.sort_values("alpha")
+            axes[0, 0].plot(group["alpha"], group["ensemble_test_err"], "o" + style, label=_width_label(width))
+            axes[0, 1].plot(group["alpha"], group["delta_F"], "o" + style, label=_width_label(width))
+    else:
+        exponents = fluctuation_exponents(ens).set_index("alpha")["delta_F_exponent"]
+        for alpha, group in ens.groupby("alpha"):
+            group = group.sort_values("width")
+            slope = exponents[alpha]
+            axes[0, 0].plot(group["width"], group["ensemble_test_err"], "o-", label=rf"$\alpha$ = {alpha:g}")
+            axes[0, 1].plot(group["width"], group["delta_F"], "o-",
+                            label=rf"$\alpha$ = {alpha:g}" + (f", slope {slope:.2f}" if np.isfinite(slope) else ""))
     low, high = int(ens["seeds"].min()), int(ens["seeds"].max())
     axes[0, 0].set_ylabel("test error of the mean predictor")
     axes[0, 0].set_title(f"mean predictor over {low if low == high else f'{low}-{high}'} seeds", fontsize=10)
     axes[0, 1].set_ylabel(r"$\delta F$ (RMS over seeds)")
     axes[0, 1].set_yscale("log")
-    axes[0, 1].set_title(r"fluctuations over seeds ($\sim h^{-1/2}$ when lazy)", fontsize=10)
+    axes[0, 1].set_title(r"fluctuations over seeds" + ("" if against_alpha else r" ($\sim h^{-1/2}$ when lazy)"),
+                         fontsize=10)
     for ax in axes[0]:
         ax.set_xscale("log")
-        _plain_ticks(ax.xaxis, ens["width"])
-        ax.set_xlabel("width h")
+        if against_alpha:
+            ax.set_xlabel(r"$\alpha$")
+        else:
+            _plain_ticks(ax.xaxis, ens["width"])
+            ax.set_xlabel("width h")
         ax.legend(fontsize=8)
+    _no_width_note(axes[0, 0], ens)
     return fig
 
 
@@ -198,20 +256,23 @@ def _finished_with(directory: Path, column: str, missing: str) -> pd.DataFrame:
 
 
 def _per_run(directory: Path, table: pd.DataFrame, draw: Callable, axes) -> None:
-    """Call ``draw(axes, traj, colour)`` for each run, coloured by log10 sqrt(h) alpha
-    (colour bar), and add the colour bar."""
+    """Call ``draw(axes, traj, colour, scale)`` for each run, coloured by log10 of its scale
+    (sqrt(h) alpha, or alpha for runs without a width; colour bar), and add the colour bar."""
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
     scales = np.log10(table["scale"].to_numpy())
+    one_scale = bool(np.ptp(scales) == 0)  # one colour scale means nothing: a colour per run instead
     norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
-    for _, row in table.sort_values("scale").iterrows():
+    for i, (_, row) in enumerate(table.sort_values("scale").iterrows()):
+        colour = matplotlib.colormaps["tab10"](i % 10) if one_scale else cmap(norm(np.log10(row["scale"])))
         try:
-            draw(axes, TrajectoryFile(directory / row["file"]), cmap(norm(np.log10(row["scale"]))))
+            draw(axes, TrajectoryFile(directory / row["file"]), colour, row["scale"])
         except FileFormatError:  # data past what the catalog read fails its checks: the other runs still draw
             continue
-    axes[0].figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes),
-                            label=r"$\log_{10}\sqrt{h}\,\alpha$")
+    if not one_scale:
+        axes[0].figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes),
+                                label=_scale_label(table, log=True))
 
 
 def alignment_figure(directory: str | Path):
@@ -222,7 +283,7 @@ def alignment_figure(directory: str | Path):
     table = _finished_with(directory, "kernel_alignment", "no run has kernel snapshots: run with kernel_n > 0")
     fig, axes = _figure(2)
 
-    def draw(axes, traj, colour):
+    def draw(axes, traj, colour, scale):
         sig = traj.kernel_signatures(top=1)
         sig = sig[sig["t"] > 0]
         axes[0].plot(sig["t"], sig["alignment"], "o-", color=colour, ms=3)
@@ -238,25 +299,57 @@ def alignment_figure(directory: str | Path):
     return fig
 
 
+_DYNAMICS_STYLE = {"gradient flow": "-", "momentum flow": "-.", "gd": "--", "heavy-ball": (0, (5, 1, 1, 1)),
+                   "central flow": ":", "modified flow": (0, (1, 1, 3, 1))}
+
+
+def dynamics(cfg) -> str:
+    """What a run integrated, as a figure's legend names it: gradient flow, momentum flow,
+    gradient descent (gd), heavy-ball, or the central or modified flow of gd."""
+    if cfg.solver in ("gd", "heavy-ball"):
+        return cfg.solver
+    if cfg.flow in ("central", "modified"):
+        return f"{cfg.flow} flow"
+    return "momentum flow" if cfg.momentum else "gradient flow"
+
+
 def sharpness_figure(directory: str | Path):
     """The top eigenvalue of the loss Hessian (sharpness) along each run, log-log, one line
-    per run coloured by sqrt(h) alpha; beside it, the same against t / (sqrt(h) alpha)."""
+    per run coloured by sqrt(h) alpha (alpha without a width), its line style the dynamics
+    (gradient flow, gd, heavy-ball, the central or modified flow of gd: a legend), with
+    gradient descent's stability limit 2/lr for the runs that have a learning rate;
+    beside it, the same against t / (sqrt(h) alpha)."""
+    import matplotlib
+
     directory = Path(directory)
     table = _finished_with(directory, "sharpness", "no run has a Hessian spectrum: run with hessian_k > 0")
     fig, axes = _figure(2)
+    kinds, limits = set(), set()
 
-    def draw(axes, traj, colour):
+    def draw(axes, traj, colour, scale):
         times, values = traj.hessian_spectrum()
-        scale = np.sqrt(traj.config.width) * traj.config.alpha
+        kind = dynamics(traj.config)
+        kinds.add(kind)
+        if traj.config.lr is not None and kind != "gradient flow":
+            limits.add(2 / traj.config.lr)
         keep = times > 0
-        axes[0].loglog(times[keep], values[keep, 0], color=colour)
-        axes[1].loglog(times[keep] / scale, values[keep, 0], color=colour)
+        axes[0].loglog(times[keep], values[keep, 0], color=colour, ls=_DYNAMICS_STYLE[kind])
+        axes[1].loglog(times[keep] / scale, values[keep, 0], color=colour, ls=_DYNAMICS_STYLE[kind])
 
     _per_run(directory, table, draw, axes[0])
-    for ax, label in zip(axes[0], ("t", r"$t / (\sqrt{h}\,\alpha)$")):
+    rescaled = r"$t / \alpha$" if _widthless(table) else r"$t / (\sqrt{h}\,\alpha)$"
+    for ax, label in zip(axes[0], ("t", rescaled)):
+        for limit in sorted(limits):
+            ax.axhline(limit, color="0.5", lw=0.8, ls="--")
         ax.set_xlabel(label)
         ax.set_ylabel(r"sharpness $\lambda_{\max}$ of the loss Hessian")
         ax.grid(True, which="both", alpha=0.3)
+    handles = [matplotlib.lines.Line2D([], [], color="k", ls=_DYNAMICS_STYLE[k], label=k)
+               for k in _DYNAMICS_STYLE if k in kinds]
+    handles += [matplotlib.lines.Line2D([], [], color="0.5", ls="--", lw=0.8, label=f"2/lr = {limit:.3g}")
+                for limit in sorted(limits)]
+    axes[0, 0].legend(handles=handles, fontsize=8)
+    _no_width_note(axes[0, 1], table)
     return fig
 
 
@@ -289,26 +382,44 @@ def weight_scaling_figure(directory: str | Path):
 def layers_figure(directory: str | Path):
     """Per layer, against t (log-log): the relative weight change ||W_l(t) - W_l(0)|| /
     ||W_l(0)|| (left) and, for runs with kernel snapshots, the change of the hidden
-    pre-activations on the kernel subset (right); colour: sqrt(h) alpha, line style: layer."""
+    representations on the kernel subset (right); colour: sqrt(h) alpha (alpha without a
+    width), line style and marker: layer (legend, the first run's names)."""
+    import json
+
+    import matplotlib
+
     directory = Path(directory)
     table = _finished(catalog(directory))
     fig, axes = _figure(2)
+    names: list[list[str]] = [[], []]
 
-    def draw(axes, traj, colour):
+    def draw(axes, traj, colour, scale):
         times = traj.save_times
         keep = times > 0
-        for column, style in zip(traj.read("saves/weight_change").T, _STYLES * 10):
-            axes[0].loglog(times[keep], column[keep], style, color=colour, lw=1)
-        if traj.has("saves/representation_change"):
-            for column, style in zip(traj.read("saves/representation_change").T, _STYLES * 10):
-                axes[1].loglog(times[keep], column[keep], style, color=colour, lw=1)
+        groups = [("saves/weight_change", "saves"), ("saves/representation_change", "saves/representation_change")]
+        for ax, (name, where), seen in zip(axes, groups, names):
+            if not traj.has(name):
+                continue
+            seen[:] = seen or json.loads(traj.read_attr(where, "layers"))
+            for i, column in enumerate(traj.read(name).T):
+                ax.loglog(times[keep], column[keep], ls=_STYLES[i % 4], marker=_MARKERS[i // 4 % len(_MARKERS)],
+                          markevery=0.2, ms=3, color=colour, lw=1)
 
     _per_run(directory, table, draw, axes[0])
-    titles = ("relative weight change per layer", "relative change of hidden pre-activations")
-    for ax, title in zip(axes[0], titles):
+    titles = ("relative weight change per parameter tensor", "relative change of hidden representations")
+    for ax, title, seen in zip(axes[0], titles, names):
         ax.set_xlabel("t")
-        ax.set_title(title + " (line style: layer)", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
+        handles = [matplotlib.lines.Line2D([], [], color="k", ls=_STYLES[i % 4], marker=_MARKERS[i // 4 % len(_MARKERS)],
+                                           ms=3, lw=1, label=name) for i, name in enumerate(seen[:LEGEND_LAYERS])]
+        if len(seen) > LEGEND_LAYERS:
+            handles.append(matplotlib.lines.Line2D([], [], color="none", label=f"... {len(seen) - LEGEND_LAYERS} more"))
+        if handles:
+            ax.legend(handles=handles, fontsize=7, ncols=2 if len(handles) > 6 else 1)
+        else:
+            ax.text(0.5, 0.5, "no run stored it (kernel_n > 0 does)", transform=ax.transAxes, ha="center",
+                    fontsize=8, color="0.4")
     axes[0, 0].set_ylabel(r"$\|W_l(t)-W_l(0)\| / \|W_l(0)\|$")
     axes[0, 1].set_ylabel(r"$\|Z_l(t)-Z_l(0)\|_F / \|Z_l(0)\|_F$")
     return fig

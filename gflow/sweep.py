@@ -54,7 +54,9 @@ from .errors import GflowError, OutputExists, RunBusy
 from .manifest import Manifest
 from .threads import ENV as THREADS_ENV
 
-ENGINES = ("local", "dask")
+# Batch systems dask-jobqueue submits workers to (``--engine slurm`` ...): the class of each.
+JOBQUEUES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
+ENGINES = ("local", "dask", *JOBQUEUES)
 MAX_RUNS = 100_000  # runs in one sweep, checked before the grid is expanded
 NAME_VALUE_CHARS = 40  # of each grid value in a run's file name
 SCHEDULER_TIMEOUT_S = 10.0  # to reach a Dask scheduler given by --scheduler
@@ -298,16 +300,57 @@ def _run_logger(out: Path) -> logging.Logger:
     return log
 
 
+@dataclass(frozen=True)
+class Jobs:
+    """The batch jobs a sweep asks a cluster's scheduler for (SLURM, PBS, SGE, LSF through
+    dask-jobqueue): ``jobs`` jobs of ``cores`` cores each, every core one single-threaded
+    Dask worker process (one run at a time), ``memory`` per job, ``walltime`` (HH:MM:SS),
+    an optional ``queue`` (partition) and ``account``, and extra scheduler directives
+    (``directives``, e.g. "--gres=gpu:1"). A run outlives a job only through its file: a
+    job that ends mid-run leaves it resumable, and running the sweep again resumes it."""
+
+    jobs: int = 1
+    cores: int = 1
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    directives: tuple[str, ...] = ()
+
+    def cluster(self, kind: str) -> Any:
+        """The dask-jobqueue cluster of these jobs on the batch system ``kind``, not yet scaled."""
+        if kind not in JOBQUEUES:
+            raise GflowError(f"engine = {kind!r}: a batch system must be one of {', '.join(JOBQUEUES)}")
+        if self.jobs < 1 or self.cores < 1:
+            raise GflowError(f"jobs = {self.jobs}, cores = {self.cores}: both must be >= 1")
+        try:
+            import dask_jobqueue
+        except ImportError:
+            raise GflowError(f"--engine {kind} needs dask-jobqueue: pip install 'gflow[cluster]'") from None
+        try:
+            return getattr(dask_jobqueue, JOBQUEUES[kind])(
+                cores=self.cores, processes=self.cores, memory=self.memory, walltime=self.walltime, queue=self.queue,
+                account=self.account, job_extra_directives=list(self.directives))
+        except ValueError as e:
+            raise GflowError(f"--engine {kind}: {e}") from None
+
+
 def run_sweep(
     sweep: Sweep, out: str | Path, *, engine: str = "local", workers: int | None = None,
     scheduler: str | None = None, progress: bool | None = None,
-    on_result: Callable[[dict[str, str]], None] | None = None,
+    on_result: Callable[[dict[str, str]], None] | None = None, cluster: Any = None, jobs: Jobs | None = None,
 ) -> list[dict[str, str]]:
     """Run every missing run of ``sweep`` into the directory ``out``, ``workers`` at a time
     (default: one per CPU core) on local processes or on Dask (a LocalCluster, or the
     cluster at ``scheduler``). Returns one result per run (name, action, status, reason);
     ``on_result`` sees each as it arrives (the CLI prints a line per run when no progress
     bar is shown).
+
+    On a cluster with a batch system (``engine`` = "slurm", "pbs", "sge" or "lsf"), the
+    sweep submits ``jobs`` (:class:`Jobs`) through dask-jobqueue, runs on their Dask
+    workers and cancels them at the end; or pass any Dask ``cluster`` object you built
+    (a dask-jobqueue cluster with your site's options, scaled as you like) with
+    ``engine="dask"``. docs/CLUSTERS.md has the recipe.
 
     Local workers are fresh Python processes that import the caller's ``__main__``: a
     script must call ``run_sweep`` under ``if __name__ == "__main__":``, or each worker
@@ -319,6 +362,10 @@ def run_sweep(
         raise GflowError(f"engine = {engine!r}: must be one of {', '.join(ENGINES)}")
     if scheduler and engine != "dask":
         raise GflowError("--scheduler needs --engine dask")
+    if cluster is not None and (engine != "dask" or scheduler):
+        raise GflowError("a cluster object needs engine='dask' and no scheduler address")
+    if jobs is not None and engine not in JOBQUEUES:
+        raise GflowError(f"jobs describe batch jobs: give engine = one of {', '.join(JOBQUEUES)}")
     if workers is not None and workers < 1:
         raise GflowError(f"workers = {workers}: must be >= 1")
     out = Path(out)
@@ -339,8 +386,17 @@ def run_sweep(
     # core in every worker and the workers would fight over them.
     # (a remote scheduler's workers have cores of their own: Dask's nanny sets their
     # OMP_NUM_THREADS, which gflow.threads honours).
-    threads = None if scheduler else max(1, (os.cpu_count() or 1) // workers)
-    submit = _dask_engine(workers, scheduler) if engine == "dask" else _local_engine(workers)
+    remote = scheduler or cluster is not None or engine in JOBQUEUES
+    threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
+    if engine in JOBQUEUES:
+        jobs = jobs or Jobs()
+        cluster = jobs.cluster(engine)
+        cluster.scale(jobs=jobs.jobs)
+        submit = _dask_engine(workers, None, cluster, owned=True)
+    elif engine == "dask":
+        submit = _dask_engine(workers, scheduler, cluster)
+    else:
+        submit = _local_engine(workers)
     results = []
     counts: Counter[str] = Counter()
     with tqdm(total=len(tasks), disable=None if progress is None else not progress, unit="run") as bar:
@@ -454,7 +510,9 @@ def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:
     return {"name": out.stem, "action": "lost", "status": "lost", "reason": reason}
 
 
-def _dask_engine(workers: int, scheduler: str | None) -> Submit:
+def _dask_engine(workers: int, scheduler: str | None, given: Any = None, owned: bool = False) -> Submit:
+    """Dask distributed: the cluster ``given`` (closed at the end when ``owned``), the
+    scheduler at ``scheduler``, or a LocalCluster of ``workers`` processes."""
     try:
         from dask.distributed import Client, LocalCluster
         from dask.distributed import as_completed as dask_completed
@@ -462,19 +520,22 @@ def _dask_engine(workers: int, scheduler: str | None) -> Submit:
         raise GflowError("--engine dask needs Dask distributed: pip install 'gflow[dask]'") from None
 
     def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None)
+        cluster = given if given is not None else None if scheduler else LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        close = owned or (given is None and cluster is not None)
         try:
             client = Client(scheduler or cluster, timeout=SCHEDULER_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as e:
             raise GflowError(f"cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT_S:g} s "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        with client:
-            futures = [client.submit(fn, *t, pure=False) for t in tasks]
-            for future in dask_completed(futures):
-                yield future.result()
-        if cluster is not None:
-            cluster.close()
+        try:
+            with client:
+                futures = [client.submit(fn, *t, pure=False) for t in tasks]
+                for future in dask_completed(futures):
+                    yield future.result()
+        finally:
+            if close:  # a batch system's jobs are cancelled with it
+                cluster.close()
 
     return submit
 

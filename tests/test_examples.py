@@ -35,3 +35,18 @@ def test_the_residual_cnn_sweep_config_runs_two_seeds(tmp_path, monkeypatch):
     assert sorted(table["seed"]) == [0, 1] and (table["kernel_change"] > 0).all()
     traj = gflow.open(tmp_path / table["file"].iloc[0])
     assert traj.outputs(-1).shape == (40, 10) and traj.sources["model"]["class"] == "examples.residual_cnn.ResidualCNN"
+
+
+@pytest.mark.slow
+def test_user_model_figures_draw_every_kind_with_and_without_a_width(tmp_path):
+    from gflow.catalog import catalog
+    from gflow.plots import KINDS
+
+    proc = subprocess.run([sys.executable, "examples/user_model_figures.py", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    drawn = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert {f"user-{kind}.png" for kind in KINDS} <= drawn
+    assert {"user-phase-no-width.png", "user-ensemble-no-width.png", "user-sharpness-dynamics.png"} <= drawn
+    assert set(catalog(tmp_path / "widths")["width"]) == {8, 16}
+    assert catalog(tmp_path / "no-width")["width"].isna().all()

@@ -34,6 +34,7 @@ from .validate import STATUSES, read_data, scalar, text
 if TYPE_CHECKING:  # pandas and torch are imported only when a table or a state is read
     import pandas as pd
     import torch
+    import xarray as xr
 
 
 class TrajectoryFile:
@@ -230,6 +231,14 @@ class TrajectoryFile:
         if sum(sizes) != len(w):
             raise GflowError(f"{self.path}: the recorded parameter shapes do not add up to the {len(w)} weights")
         return {name: t.view(shape) for (name, shape), t in zip(recorded, w.split(sizes))}
+
+    def to_xarray(self, states: bool = True) -> xr.Dataset:
+        """The run as an ``xarray.Dataset`` (``pip install 'gflow[xarray]'``): outputs, tables,
+        states at stored saves and kernels, with coordinates t, sample, output, parameter
+        (:func:`gflow.store.export.to_xarray`)."""
+        from .export import to_xarray
+
+        return to_xarray(self, states)
 
     def derivative(self, i: int) -> torch.Tensor:
         """dy/dt at the i-th save, where stored (``save_derivatives``)."""
