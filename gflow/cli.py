@@ -251,13 +251,30 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import Sweep, run_sweep, summarize
+    from .sweep import JOBQUEUES, Jobs, Sweep, run_sweep, summarize
 
     sweep = Sweep.load(args.file)
+    jobs = Jobs(args.jobs, args.job_cores, args.job_memory, args.walltime, args.queue, args.account,
+                tuple(args.job_directive or ()))
+    if args.engine not in JOBQUEUES:
+        if args.job_script or [a for a in _JOB_FLAGS if getattr(args, a) != _JOB_DEFAULTS[a]]:
+            raise GflowError(f"--jobs, --job-cores, --job-memory, --walltime, --queue, --account, --job-directive and "
+                             f"--job-script describe batch jobs: give --engine one of {', '.join(JOBQUEUES)}")
+        jobs = None
+    elif args.job_script:  # what would be queued, without queueing it
+        cluster = jobs.cluster(args.engine)
+        print(cluster.job_script())
+        cluster.close()
+        return 0
     results = run_sweep(sweep, args.out, engine=args.engine, workers=args.workers, scheduler=args.scheduler,
-                        on_result=_line_per_run(len(sweep.runs())))
+                        on_result=_line_per_run(len(sweep.runs())), jobs=jobs)
     print(summarize(results))
     return 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+_JOB_DEFAULTS = {"jobs": 1, "job_cores": 1, "job_memory": "4GB", "walltime": "01:00:00", "queue": None,
+                 "account": None, "job_directive": None}
+_JOB_FLAGS = tuple(_JOB_DEFAULTS)
 
 
 def _line_per_run(total: int) -> Callable[[dict[str, str]], None] | None:
@@ -366,6 +383,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local", choices=ENGINES, help="local processes or Dask distributed")
     p.add_argument("--workers", type=int, help="runs at a time (default: one per CPU core)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster)")
+    jobs = p.add_argument_group("batch jobs (--engine slurm, pbs, sge or lsf: workers in jobs queued through "
+                                "dask-jobqueue; docs/CLUSTERS.md)")
+    jobs.add_argument("--jobs", type=int, default=_JOB_DEFAULTS["jobs"], help="jobs to queue (default 1)")
+    jobs.add_argument("--job-cores", type=int, default=_JOB_DEFAULTS["job_cores"],
+                      help="cores per job, each a one-run-at-a-time worker (default 1)")
+    jobs.add_argument("--job-memory", default=_JOB_DEFAULTS["job_memory"], help="memory per job (default 4GB)")
+    jobs.add_argument("--walltime", default=_JOB_DEFAULTS["walltime"], help="time limit per job (default 01:00:00)")
+    jobs.add_argument("--queue", help="queue or partition")
+    jobs.add_argument("--account", help="account to charge")
+    jobs.add_argument("--job-directive", action="append", metavar="LINE",
+                      help="an extra scheduler directive, e.g. --job-directive=--gres=gpu:1 (repeatable)")
+    jobs.add_argument("--job-script", action="store_true", help="print the job script that would be queued, and exit")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("query", help="a table of the runs in a directory: config fields and results")

@@ -317,8 +317,9 @@ class Jobs:
     account: str | None = None
     directives: tuple[str, ...] = ()
 
-    def cluster(self, kind: str) -> Any:
-        """The dask-jobqueue cluster of these jobs on the batch system ``kind``, not yet scaled."""
+    def cluster(self, kind: str, scaled: bool = False) -> Any:
+        """The dask-jobqueue cluster of these jobs on the batch system ``kind``; ``scaled``:
+        with its jobs submitted."""
         if kind not in JOBQUEUES:
             raise GflowError(f"engine = {kind!r}: a batch system must be one of {', '.join(JOBQUEUES)}")
         if self.jobs < 1 or self.cores < 1:
@@ -328,11 +329,14 @@ class Jobs:
         except ImportError:
             raise GflowError(f"--engine {kind} needs dask-jobqueue: pip install 'gflow[cluster]'") from None
         try:
-            return getattr(dask_jobqueue, JOBQUEUES[kind])(
+            cluster = getattr(dask_jobqueue, JOBQUEUES[kind])(
                 cores=self.cores, processes=self.cores, memory=self.memory, walltime=self.walltime, queue=self.queue,
                 account=self.account, job_extra_directives=list(self.directives))
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise GflowError(f"--engine {kind}: {e}") from None
+        if scaled:
+            cluster.scale(jobs=self.jobs)
+        return cluster
 
 
 def run_sweep(
@@ -390,9 +394,8 @@ def run_sweep(
     threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
     if engine in JOBQUEUES:
         jobs = jobs or Jobs()
-        cluster = jobs.cluster(engine)
-        cluster.scale(jobs=jobs.jobs)
-        submit = _dask_engine(workers, None, cluster, owned=True)
+        jobs.cluster(engine).close()  # a bad option or a missing dask-jobqueue: one error before any job is queued
+        submit = _dask_engine(workers, None, make=lambda: jobs.cluster(engine, scaled=True))
     elif engine == "dask":
         submit = _dask_engine(workers, scheduler, cluster)
     else:
@@ -510,9 +513,11 @@ def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:
     return {"name": out.stem, "action": "lost", "status": "lost", "reason": reason}
 
 
-def _dask_engine(workers: int, scheduler: str | None, given: Any = None, owned: bool = False) -> Submit:
-    """Dask distributed: the cluster ``given`` (closed at the end when ``owned``), the
-    scheduler at ``scheduler``, or a LocalCluster of ``workers`` processes."""
+def _dask_engine(workers: int, scheduler: str | None, given: Any = None,
+                 make: Callable[[], Any] | None = None) -> Submit:
+    """Dask distributed: the cluster ``given``, one ``make`` builds when the sweep starts
+    (closed at its end: a batch system's jobs are cancelled with it), the scheduler at
+    ``scheduler``, or a LocalCluster of ``workers`` processes (closed at the end)."""
     try:
         from dask.distributed import Client, LocalCluster
         from dask.distributed import as_completed as dask_completed
@@ -520,21 +525,24 @@ def _dask_engine(workers: int, scheduler: str | None, given: Any = None, owned: 
         raise GflowError("--engine dask needs Dask distributed: pip install 'gflow[dask]'") from None
 
     def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
-        cluster = given if given is not None else None if scheduler else LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        close = owned or (given is None and cluster is not None)
+        if given is not None or scheduler:
+            cluster, owned = given, False
+        else:
+            cluster, owned = make() if make else LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None), True
         try:
-            client = Client(scheduler or cluster, timeout=SCHEDULER_TIMEOUT_S)
-        except (OSError, TimeoutError, ValueError) as e:
-            raise GflowError(f"cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT_S:g} s "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        try:
+            try:
+                client = Client(scheduler or cluster, timeout=SCHEDULER_TIMEOUT_S)
+            except (OSError, TimeoutError, ValueError) as e:
+                raise GflowError(f"cannot reach the Dask scheduler at {scheduler or cluster.scheduler_address} within "
+                                 f"{SCHEDULER_TIMEOUT_S:g} s ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
             with client:
                 futures = [client.submit(fn, *t, pure=False) for t in tasks]
                 for future in dask_completed(futures):
                     yield future.result()
         finally:
-            if close:  # a batch system's jobs are cancelled with it
+            if owned:
                 cluster.close()
 
     return submit

@@ -39,13 +39,14 @@ def to_xarray(file: TrajectoryFile, states: bool = True) -> xr.Dataset:
 
     Coordinates: ``t`` (save times), ``sample_train``/``sample_test`` (indices of the
     points), ``output`` (for k outputs), ``t_state`` (the saves that store the state),
-    ``parameter`` (index into the flat state), ``step`` (accepted steps), ``t_kernel`` and
+    ``parameter`` (index into the flat state), ``accepted_step`` (1, 2, ...: the steps
+    table's rows), ``t_kernel`` and
     ``kernel_i``/``kernel_j`` (kernel snapshots, t = 0 first).
 
     Variables: every column of the saves table on ``t`` (train/test loss and error, counters,
     ...); ``f_train``, ``f_test`` (raw outputs); ``weight_change`` (per parameter tensor, on
     ``layer``); ``state`` on (``t_state``, ``parameter``) unless ``states=False`` (the largest
-    part of a file); every column of the steps table on ``step`` (``step_t``, ``step_dt``,
+    part of a file); every column of the steps table on ``accepted_step`` (``step_t``, ``step_dt``,
     ...); ``kernel`` and ``kernel_change`` where the run took snapshots; the Hessian's top
     eigenvalues on (``t``, ``eigenvalue``) where it stored them. Attributes: the config and
     the model, data and loss descriptions (JSON), the status and stop reason.
@@ -66,8 +67,8 @@ def to_xarray(file: TrajectoryFile, states: bool = True) -> xr.Dataset:
         coords["t_state"] = times[stored]
     steps = file.steps
     columns = [c for c in (*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS) if c in steps.columns]
-    data.update({f"step_{c}": ("step", steps[c].to_numpy()) for c in columns})
-    coords["step"] = np.arange(1, len(steps) + 1)
+    data.update({f"step_{c}": ("accepted_step", steps[c].to_numpy()) for c in columns})
+    coords["accepted_step"] = np.arange(1, len(steps) + 1)
     if file.has("kernel/t"):
         kernel_times, thetas = file.kernel_snapshots()
         data["kernel"] = (("t_kernel", "kernel_i", "kernel_j"), thetas)

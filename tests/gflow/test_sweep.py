@@ -333,3 +333,52 @@ def test_a_script_without_a_main_guard_is_refused_in_one_line(tmp_path):
     assert 'must call it under `if __name__ == "__main__":`' in proc.stderr
     assert "BrokenProcessPool" not in proc.stderr and len(proc.stderr.splitlines()) < 20
     assert not list((tmp_path / "out").glob("*.h5"))
+
+
+def _local_job_queue(**kwargs):
+    """dask-jobqueue's LocalCluster: jobs run as local processes through the same machinery
+    (job scripts, scaling by jobs, worker processes per job) a SLURM or PBS cluster uses."""
+    from dask_jobqueue.local import LocalCluster
+
+    return LocalCluster(cores=kwargs["cores"], processes=kwargs["processes"], memory=kwargs["memory"])
+
+
+def test_a_batch_system_engine_queues_jobs_through_dask_jobqueue_and_runs_every_run(tmp_path, monkeypatch):
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    monkeypatch.setattr(dask_jobqueue, "SLURMCluster", _local_job_queue)  # no SLURM here: the jobs run locally
+    out = tmp_path / "slurm"
+    results = run_sweep(_sweep(tmp_path), out, engine="slurm", jobs=gflow.sweep.Jobs(jobs=2, cores=1, memory="2GB"),
+                        progress=False)
+    assert [r["status"] for r in results] == ["finished"] * 4
+    alone = tmp_path / "alone"
+    run_sweep(_sweep(tmp_path), alone, workers=1, progress=False)
+    for path in out.glob("*.h5"):
+        assert np.array_equal(gflow.open(path).read("saves/f_train"), gflow.open(alone / path.name).read("saves/f_train"))
+
+
+def test_a_dask_jobqueue_cluster_of_your_own_runs_the_sweep(tmp_path):
+    """The recipe of docs/CLUSTERS.md: build the cluster with your site's options, scale it,
+    pass it; the sweep leaves it to you (it is not closed)."""
+    pytest.importorskip("dask_jobqueue")
+    from dask_jobqueue.local import LocalCluster
+
+    with LocalCluster(cores=2, processes=2, memory="4GB") as cluster:
+        cluster.scale(jobs=1)
+        results = run_sweep(_sweep(tmp_path), tmp_path / "own", engine="dask", cluster=cluster, progress=False)
+        assert [r["status"] for r in results] == ["finished"] * 4
+        assert cluster.status.name == "running"
+
+
+def test_job_flags_print_the_job_script_and_need_a_batch_engine(tmp_path, capsys):
+    pytest.importorskip("dask_jobqueue")
+    from gflow.cli import main
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--engine", "pbs", "--jobs", "3", "--job-cores", "4",
+                 "--job-memory", "8GB", "--walltime", "02:00:00", "--queue", "long", "--job-script"]) == 0
+    script = capsys.readouterr().out
+    assert "#PBS -q long" in script and "walltime=02:00:00" in script and "--nworkers 4" in script
+    assert not (tmp_path / "o").exists()
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--jobs", "3"]) == 2
+    assert "give --engine one of slurm, pbs, sge, lsf" in capsys.readouterr().err
