@@ -275,6 +275,9 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", cfg.device, "CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("device", cfg.device, f"this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     gate = {"file": file, "trust_code": trust_code}
     named = [(field, getattr(cfg, field), getattr(cfg, f"{field}_args", None))
              for field, given in (("model", model), ("data", data), ("loss", loss))

@@ -9,11 +9,10 @@ CVODE (:class:`Sundials`) or torchode's Tsit5 (:class:`TorchODE`); observers see
 accepted step and every save (served from the methods' dense output); events stop it.
 """
 
-import sys
-import types
+from .lazy import make_lazy
 
-# Imported on first use (PEP 562), so that importing one submodule, or gflow's command line,
-# does not load torch and every backend: `gflow --help` starts in a fraction of a second.
+# Imported on first use, so that importing one submodule, or gflow's command line, does not
+# load torch and every backend: `gflow --help` starts in a fraction of a second.
 _WHERE = {
     "Adaptive": "adaptive",
     "Chebyshev": "chebyshev",
@@ -33,30 +32,4 @@ _WHERE = {
 }
 
 __all__ = sorted(_WHERE)
-
-
-class _Package(types.ModuleType):
-    """The import system binds a submodule to its package's attribute of the same name; where
-    a submodule is named for the function it exports (integrate), the package's
-    attribute stays the function, as an eager ``from .integrate import integrate`` left it."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if not (name in _WHERE and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'solvers' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+make_lazy(__name__, _WHERE)
