@@ -205,7 +205,7 @@ def _checked_handle(path: Path) -> h5py.File:
     changes between the walk and the next open (a live run) is walked again, at most
     three times; the last walked handle serves then."""
     for _ in range(3):
-        f = _open_plain_or_swmr(path)
+        f = open_plain_or_swmr(path)
         try:
             if _check_structure_once(f, path):
                 return f
@@ -213,7 +213,7 @@ def _checked_handle(path: Path) -> h5py.File:
             f.close()
             raise
         f.close()
-    f = _open_plain_or_swmr(path)
+    f = open_plain_or_swmr(path)
     try:
         _check_structure_once(f, path)
     except BaseException:
@@ -239,7 +239,7 @@ def _check_structure_once(f: h5py.File, path: Path) -> bool:
 TRUNCATION_WAIT_S = 0.2
 
 
-def _open_plain_or_swmr(path: Path) -> h5py.File:
+def open_plain_or_swmr(path: Path) -> h5py.File:
     """h5py.File for reading: plainly, or in SWMR mode when a writer holds the file open.
 
     A live writer's flush can leave the end-of-file address in the superblock ahead of the

@@ -49,6 +49,7 @@ from .format import (
     create_table,
     extend,
     open_file,
+    open_plain_or_swmr,
     read_checkpoint,
     repair_truncated,
     state_digest,
@@ -608,7 +609,10 @@ def rewrite_to_checkpoint(path: Path, config: str) -> None:
 
 def _copy_to_checkpoint(path: Path, tmp: Path, config: str) -> None:
     # "w-" creates the file exclusively (O_EXCL), never through a link planted at its name.
-    with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w-", libver="latest") as dst:
+    # The source opens plainly unless a killed writer left it marked open-for-write: in SWMR
+    # mode HDF5 retries a metadata block that fails its checksum with growing sleeps, and a
+    # damaged stopped file held a resume for many minutes.
+    with open_plain_or_swmr(path) as src, h5py.File(tmp, "w-", libver="latest") as dst:
         copy_checked(src, dst)
         dst.attrs["config"] = config
         checkpoint = read_checkpoint(dst)
