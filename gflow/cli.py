@@ -90,6 +90,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import resume, run
 
+    if args.resume and os.path.isdir(args.resume) or not args.resume and (config_from_args(args).ensemble > 1):
+        return _run_ensemble(args)
     if args.resume:
         traj = resume(args.resume, max_steps=args.max_steps, max_wall=args.max_wall, progress=None,
                       trust_code=args.trust_code)
@@ -97,6 +99,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         traj = run(config_from_args(args), args.out, overwrite=args.overwrite, progress=None)
     print(format_summary(traj))
     return 0 if traj.status == "finished" else 1
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    """An ensemble's members one after another into a directory (or the unfinished ones of
+    an ensemble directory, with --resume), a line per member, a summary."""
+    from .ensembles import resume_ensemble, run_ensemble
+    from .sweep import summarize
+
+    def line(result: dict[str, str]) -> None:
+        print(f"{result['status']:8s} {result['action']:6s} {result['name']}", flush=True)
+
+    if args.resume:
+        results = resume_ensemble(args.resume, on_member=line)
+    else:
+        cfg = config_from_args(args)
+        if args.out == "run.h5":  # the single run's default file name is no directory name
+            raise GflowError(f"--ensemble {cfg.ensemble}: give --out DIR, the directory of the members' files")
+        print(f"ensemble of {cfg.ensemble} (seeds {cfg.seed}..{cfg.seed + cfg.ensemble - 1}) into {args.out}; "
+              "members integrated one after another", flush=True)
+        results = run_ensemble(cfg, args.out, on_member=line)
+    print(summarize(results))
+    return 0 if all(r["status"] == "finished" for r in results) else 1
 
 
 def _describe_sources(traj: Any) -> list[str]:
@@ -341,8 +365,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file of RunConfig fields")
     p.add_argument("--out", default="run.h5", help="output HDF5 file (default run.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE; "
-                   "--max-steps and --max-wall set new budgets, other flags are ignored")
+    p.add_argument("--resume", metavar="FILE", help="continue a killed or stopped run stored in FILE (or every "
+                   "unfinished member of an ensemble directory); --max-steps and --max-wall set new budgets, other "
+                   "flags are ignored")
     _add_trust_flag(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)

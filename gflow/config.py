@@ -95,6 +95,8 @@ class RunConfig:
     kappa: float = _f(1.0, "output scale of the built-in network at initialisation")
     seed: int = _f(0, "seed of the initialisation (torch's global generator is seeded with it "
                    "before a model factory is called, with the run's dtype as torch's default)")
+    ensemble: int = _f(1, "members: K runs with seeds seed, seed+1, ..., seed+K-1 and all else equal, into the "
+                       "directory --out, one trajectory file per member (gflow.ensembles)")
     linearized: bool = _f(False, "train the tangent model f(w0) + J0 (w - w0) instead")
     model: str | None = _f(None, "your network: factory 'package.module:function' returning a "
                            "torch.nn.Module; replaces the built-in network fields")
@@ -594,6 +596,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "tau_alpha_crit": _positive,
     "lr": _positive,
     "weight_decay": _at_least(0),
+    "ensemble": _count(1, 10_000),
     "threads": _count(1, 1024),
     "save_at": _save_at,
     "width_from": _identifier,

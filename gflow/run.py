@@ -17,7 +17,7 @@ from torch import nn
 from solvers import Counters, Stop
 
 from .config import RunConfig
-from .errors import DiskFull, FileFormatError, GflowError, OutputExists
+from .errors import ConfigError, DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
 from .losses import Loss
 from .methods import check_available, integrate_flow, make_events, save_times
@@ -112,6 +112,9 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     cleanly as ``stopped`` (and raise :class:`Interrupted`). ``progress``: None shows a
     bar only on a terminal.
     """
+    if cfg.ensemble > 1:
+        raise ConfigError("ensemble", cfg.ensemble, "run() integrates one network; an ensemble goes to a directory "
+                          "of members: gflow.ensembles.run_ensemble(cfg, directory) (gflow run --ensemble K --out DIR)")
     out = Path(out)
     _check_output(out, overwrite)
     check_available(cfg)

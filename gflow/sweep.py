@@ -99,6 +99,8 @@ class Sweep:
                 raise GflowError(f"sweep [grid] {key!r}: only {' and '.join(ARGUMENT_FIELDS)} take per-argument keys")
         runs = [RunConfig.from_dict(_point(base_fields, dict(zip(keys, combo))), "sweep [grid]")
                 for combo in itertools.product(*self.grid.values())]
+        if any(cfg.ensemble != 1 for cfg in runs):
+            raise GflowError("sweep: a sweep's ensembles are its seeds: put seed = [...] in [grid] (ensemble must stay 1)")
         if not runs:
             raise GflowError("sweep: the grid expands to no runs")
         return runs

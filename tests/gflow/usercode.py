@@ -120,3 +120,13 @@ def dies_once(flag: str, width: int = 8):
         Path(flag).touch()
         os.kill(os.getpid(), signal.SIGKILL)
     return mlp(width=width)
+
+
+def nan_for_seed(bad: int, width: int = 8):
+    """An MLP whose initialisation is NaN for one seed (the factory is called right after
+    torch's generator is seeded with the run's seed)."""
+    net = mlp(width=width)
+    if torch.initial_seed() == bad:
+        with torch.no_grad():
+            net.net[0].weight.fill_(float("nan"))
+    return net
