@@ -71,7 +71,8 @@ def resume_ensemble(directory: str | Path, *,
     directory = Path(directory)
     entries = Manifest(directory).read()
     if not entries:
-        raise GflowError(f"{directory}: no ensemble here (no {Manifest(directory).path.name} recording its members)")
+        raise GflowError(f"{directory}: not a file (a trajectory is one HDF5 file), nor an ensemble directory (no "
+                         f"{Manifest(directory).path.name} recording its members)")
     results = []
     for name, entry in sorted(entries.items()):
         try:

@@ -83,5 +83,5 @@ def test_ensembles_need_the_network_from_the_config_and_a_directory(tmp_path, ca
     (tmp_path / "file").write_text("x")
     with pytest.raises(GflowError, match="is not a directory"):
         run_ensemble(BASE.replace(ensemble=2), tmp_path / "file")
-    with pytest.raises(GflowError, match="no ensemble here"):
+    with pytest.raises(GflowError, match="nor an ensemble directory"):
         resume_ensemble(tmp_path)
