@@ -13,7 +13,8 @@ import hashlib
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,19 +122,74 @@ def reference(cfg: RunConfig, rtol: float = 1e-9, cache: Path | None = None) -> 
     return f_ref
 
 
-def _clocked(obj: object, *names: str) -> list[float]:
-    """Wrap the methods ``names`` of the instance ``obj`` so that they add their wall time
-    to the one-element list returned."""
-    total = [0.0]
-    for name in names:
-        def clocked(*args: Any, _method: Callable = getattr(obj, name), **kwargs: Any) -> Any:
+class _Parts:
+    """Exclusive wall time per part of a run: functions wrapped with :meth:`clock` add their
+    time to their part, less the time of wrapped calls made inside them (a Krylov extension
+    contains an evaluation: the evaluation's time is the evaluation's, not the Krylov
+    space's)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._inner: list[float] = []  # time of wrapped calls inside the open calls
+
+    def clock(self, part: str, function: Callable) -> Callable:
+        def clocked(*args: Any, **kwargs: Any) -> Any:
+            self._inner.append(0.0)
             start = time.perf_counter()
             try:
-                return _method(*args, **kwargs)
+                return function(*args, **kwargs)
             finally:
-                total[0] += time.perf_counter() - start
-        setattr(obj, name, clocked)
-    return total
+                elapsed = time.perf_counter() - start
+                inner = self._inner.pop()
+                self.seconds[part] = self.seconds.get(part, 0.0) + elapsed - inner
+                if self._inner:
+                    self._inner[-1] += elapsed
+        return clocked
+
+
+# Where a run's wall time goes (gflow bench overhead's "parts"): (part, module, class or
+# None for a module function, attribute). The exponential method's are its Krylov space
+# (the products' bookkeeping and the orthogonalisation), the phi functions of the small
+# Arnoldi matrix, and the dense output that serves the saves.
+_PARTS = (
+    ("krylov", "solvers.krylov", "JacobianKrylov", "extend"),
+    ("krylov", "solvers.krylov", "JacobianKrylov", "project"),
+    ("krylov", "solvers.krylov", "JacobianKrylov", "combine"),
+    ("krylov", "solvers.krylov", "JacobianKrylov", "apply"),
+    ("phi", "solvers.exponential", None, "phi_vectors"),
+    ("phi", "solvers.exponential", "ExponentialRosenbrock", "_ritz"),
+    ("dense output", "solvers.exponential", "ExponentialRosenbrock", "interpolant"),
+    ("dense output", "solvers.integrate", None, "hermite_step"),
+)
+
+
+@contextmanager
+def _clocked_parts(parts: _Parts) -> Iterator[None]:
+    """The functions of _PARTS wrapped with ``parts``' clocks inside, restored after."""
+    import importlib
+
+    saved = []
+    for part, module_name, owner_name, attribute in _PARTS:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        original = owner.__dict__[attribute] if owner_name else getattr(module, attribute)
+        saved.append((owner, attribute, original))
+        function = original.__func__ if isinstance(original, staticmethod) else original
+        wrapped = parts.clock(part, function)
+        if attribute == "interpolant":  # the interpolant is a closure: clock its calls, not its making
+            wrapped = _clocking_interpolant(parts, function)
+        setattr(owner, attribute, staticmethod(wrapped) if isinstance(original, staticmethod) else wrapped)
+    try:
+        yield
+    finally:
+        for owner, attribute, original in reversed(saved):
+            setattr(owner, attribute, original)
+
+
+def _clocking_interpolant(parts: _Parts, make: Callable) -> Callable:
+    def interpolant(*args: Any, **kwargs: Any) -> Callable:
+        return parts.clock("dense output", make(*args, **kwargs))
+    return interpolant
 
 
 def _timed_run(cfg: RunConfig, out: Path | None) -> dict[str, float]:
@@ -146,18 +202,24 @@ def _timed_run(cfg: RunConfig, out: Path | None) -> dict[str, float]:
     start = time.perf_counter()
     flow = build(cfg)
     built = time.perf_counter()
-    in_evaluate = _clocked(flow, "evaluate")
-    if out is None:
-        integrate(flow, flow.y0, (0.0, cfg.t_end), make_method(cfg, flow), save_at=save_times(cfg),
-                  events=make_events(cfg, flow))
-        in_writer = [0.0]
-    else:
-        writer = TrajectoryWriter(out, flow, save_times(cfg))
-        in_writer = _clocked(writer, "on_step", "on_save", "finish")
-        in_writer[0] += time.perf_counter() - built
-        _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress=False)
+    parts = _Parts()
+    flow.evaluate = parts.clock("evaluations", flow.evaluate)
+    with _clocked_parts(parts):
+        if out is None:
+            integrate(flow, flow.y0, (0.0, cfg.t_end), make_method(cfg, flow), save_at=save_times(cfg),
+                      events=make_events(cfg, flow))
+        else:
+            opened = time.perf_counter()
+            writer = TrajectoryWriter(out, flow, save_times(cfg))
+            parts.seconds["storage"] = time.perf_counter() - opened
+            for name in ("on_step", "on_save", "finish"):
+                setattr(writer, name, parts.clock("storage", getattr(writer, name)))
+            _integrate_into(writer, flow, flow.y0, 0.0, save_times(cfg), progress=False)
     wall = time.perf_counter() - built
-    return {"over_evaluate": wall / in_evaluate[0], "storage_share": in_writer[0] / wall, "setup_s": built - start}
+    shares = {f"share_{k.replace(' ', '_')}": v / wall for k, v in parts.seconds.items()}
+    shares["share_rest"] = 1 - sum(shares.values())
+    return {"over_evaluate": wall / parts.seconds["evaluations"], "storage_share": parts.seconds.get("storage", 0.0) / wall,
+            "setup_s": built - start, **shares}
 
 
 def _evaluate_over_raw(flow: GradientFlow, pairs: int = 200) -> float:
@@ -193,7 +255,14 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     the trajectory writer over its wall time. Ratios of separately timed runs are not
     used: this machine's speed drifts by 10-20% between runs of a minute. Building the
     problem (loading the data, initialising the network) is paid once per run and is
-    reported apart as ``setup_s``; medians over ``repeats`` runs are reported."""
+    reported apart as ``setup_s``; medians over ``repeats`` runs are reported.
+
+    ``share_*``: where the stored run's wall time goes, exclusive of nested parts:
+    ``evaluations``, ``krylov`` (the exponential method's Krylov bookkeeping and
+    orthogonalisation), ``phi`` (matrix exponentials of the Arnoldi matrix, Ritz values),
+    ``dense_output`` (serving saves from a step's interpolant), ``storage`` (the writer,
+    including the forward passes of interpolated saves and kernel or Hessian work it does),
+    and ``rest`` (the controller, events, the integration loop: what no part claims)."""
     flow = build(cfg)
     evaluate_over_raw = _evaluate_over_raw(flow)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,12 +273,14 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     def median(runs: list[dict[str, float]], key: str) -> float:
         return float(np.median([r[key] for r in runs]))
 
+    shares = sorted({k for r in stored for k in r if k.startswith("share_")})
     return {
         "evals": evals, "raw_ms": raw_cost(flow, repeats=100) * 1e3, "evaluate_over_raw": evaluate_over_raw,
         "run_over_evaluate": median(stored, "over_evaluate"),
         "per_eval_over_raw": evaluate_over_raw * median(stored, "over_evaluate"),
         "bare_per_eval_over_raw": evaluate_over_raw * median(bare, "over_evaluate"),
         "storage_share": median(stored, "storage_share"), "setup_s": median(stored, "setup_s"),
+        **{k: float(np.median([r.get(k, 0.0) for r in stored])) for k in shares},
     }
 
 

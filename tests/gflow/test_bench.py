@@ -67,7 +67,21 @@ def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp
     assert numbers["evals"] == plain.summary()["evals"]
     # The writer does real work (a file per save) but is a part of the run, not all of it.
     assert 0 < numbers["storage_share"] < 1
-    assert all(np.isfinite(v) and v > 0 for v in numbers.values()), numbers
+    shares = {k: v for k, v in numbers.items() if k.startswith("share_")}
+    plain_numbers = {k: v for k, v in numbers.items() if k not in shares}
+    assert all(np.isfinite(v) and v > 0 for v in plain_numbers.values()), numbers
+    assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) > -1e-3
+    assert shares["share_storage"] == numbers["storage_share"] and shares["share_evaluations"] > 0
+
+
+def test_overhead_parts_of_the_exponential_method_are_exclusive_and_sum_to_the_wall_time():
+    """The Krylov space's time excludes the evaluations made inside its extensions, so the
+    parts add up to the run's wall time with no part counted twice."""
+    numbers = overhead(TINY.replace(solver="exponential", rtol=1e-4, atol=1e-8), repeats=1)
+    shares = {k: v for k, v in numbers.items() if k.startswith("share_")}
+    assert {"share_evaluations", "share_krylov", "share_phi", "share_dense_output", "share_storage"} <= set(shares)
+    assert sum(shares.values()) == pytest.approx(1.0) and all(v > -1e-3 for v in shares.values())
+    assert shares["share_evaluations"] > shares["share_krylov"]
 
 
 def test_overhead_rejects_a_solver_selection(tmp_path, capsys):
