@@ -14,6 +14,7 @@ references) or from the caller as Python objects: :func:`build`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +65,7 @@ class GradientFlow:
         self.f0_test = self.outputs(self.w0, self.x_test)
         self.sources = sources or {}
         self.y0 = torch.cat([self.w0, torch.zeros_like(self.w0)]) if self.momentum else self.w0.clone()
+        self._compiled: object = None  # the compiled evaluation (cfg.compile): built on first use, False if it failed
         self.decay = cfg.weight_decay
         self.decay_center = self.w0 if cfg.weight_decay_center == "init" else torch.zeros_like(self.w0)
 
@@ -109,6 +111,10 @@ class GradientFlow:
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L(w), grad L(w), f(w, x_train)) with one forward+backward per chunk."""
+        if self.cfg.compile and self._compiled is not False:
+            result = self._compiled_loss_and_grad(w)
+            if result is not None:
+                return result
         # Leaves per parameter tensor, gradients concatenated: ~2% faster (measured in
         # alternation) than differentiating through the split of one flat leaf.
         parts = [p.detach().requires_grad_(True) for p in self.model.parts(w)]
@@ -119,6 +125,40 @@ class GradientFlow:
                 grads.append(_flat(torch.autograd.grad(chunk_loss, parts)))
                 losses.append(chunk_loss.detach())
                 outs.append(f.detach())
+        return self._total(w, losses, grads, outs)
+
+    def _compiled_loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The data term's value, gradient and outputs through one compiled function per
+        chunk size (``torch.func.grad_and_value`` of the chunk's loss under torch.compile,
+        static shapes); the weight decay added as in the eager path. None, after a one-line
+        note on stderr, when the model does not compile: eager evaluation from then on."""
+        if self._compiled is None:
+            def chunk(parts: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, n: int):
+                f = self.model.apply(parts, x)
+                a = self.alpha * (f - f0) if self.cfg.centered else self.alpha * f
+                return self.loss_fn(a, y).sum() / (self.alpha**2 * n), f
+
+            self._compiled = torch.compile(torch.func.grad_and_value(chunk, has_aux=True), dynamic=False)
+        parts = [p.detach() for p in self.model.parts(w)]
+        losses, grads, outs = [], [], []
+        try:
+            for s in self._chunks(len(self.x_train)):
+                g, (loss, f) = self._compiled(parts, self.x_train[s], self.y_train[s], self.f0_train[s],
+                                              len(self.x_train))
+                grads.append(_flat(tuple(g)))
+                losses.append(loss.detach())
+                outs.append(f.detach())
+        except Exception as e:  # torch._dynamo's and inductor's errors have no common public base
+            self._compiled = False
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            print(f"gflow: note: the model did not compile ({type(e).__name__}: {reason}); evaluating eagerly",
+                  file=sys.stderr)
+            return None
+        return self._total(w, losses, grads, outs)
+
+    def _total(self, w: torch.Tensor, losses: list[torch.Tensor], grads: list[torch.Tensor],
+               outs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chunks' losses, gradients and outputs summed (concatenated), weight decay added."""
         if len(grads) == 1:
             loss, grad, f = losses[0], grads[0], outs[0]
         else:

@@ -264,3 +264,41 @@ def test_weight_decay_flow_of_a_linear_model_is_the_closed_form(tmp_path):
     w_end = traj.weights(-1)
     objective = 0.5 * float(((x @ w_end - y) ** 2).mean()) + lam / 2 * float(w_end @ w_end)
     assert stored[-1] == pytest.approx(objective, rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fields", [{}, {"chunk": 16, "weight_decay": 0.01}, {"solver": "momentum"}],
+                         ids=["plain", "chunked-decay", "momentum"])
+def test_compiled_evaluation_equals_the_eager_one_to_rounding(fields):
+    cfg = RunConfig(**SMALL, **fields)
+    eager, compiled = gflow.build(cfg), gflow.build(cfg.replace(compile=True))
+    w = eager.w0 + 0.01 * torch.randn(eager.n_params, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(eager.loss_and_grad(w), compiled.loss_and_grad(w)):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert compiled._compiled not in (None, False)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_is_bitwise_itself(tmp_path):
+    cfg = RunConfig(**SMALL, t_end=20.0, saves=5, compile=True)
+    a = gflow.run(cfg, tmp_path / "a.h5", progress=False)
+    b = gflow.run(cfg, tmp_path / "b.h5", progress=False)
+    assert np.array_equal(a.read("saves/f_train"), b.read("saves/f_train"))
+    assert a.summary()["evals"] == b.summary()["evals"]
+
+
+def test_a_model_that_does_not_compile_falls_back_to_eager_with_one_note(monkeypatch, capsys):
+    def refuse(fn, **kwargs):
+        def broken(*args, **kw):
+            raise RuntimeError("Unsupported: a construct the compiler cannot trace\nmore detail")
+        return broken
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    cfg = RunConfig(**SMALL)
+    eager, compiled = gflow.build(cfg), gflow.build(cfg.replace(compile=True))
+    for _ in range(2):
+        for a, b in zip(eager.loss_and_grad(eager.w0), compiled.loss_and_grad(eager.w0)):
+            assert torch.equal(a, b)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gflow: note: the model did not compile (RuntimeError: Unsupported: a construct the compiler "
+                   "cannot trace); evaluating eagerly"]

@@ -130,3 +130,4 @@ def nan_for_seed(bad: int, width: int = 8):
         with torch.no_grad():
             net.net[0].weight.fill_(float("nan"))
     return net
+
