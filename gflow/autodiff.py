@@ -82,19 +82,21 @@ class JVP:
         """(J u, u^T (d^2 f) u): the first and second derivatives of s -> f(w + s u) at s = 0.
 
         The second is taken as a_i = d/dc_i [ u . grad_w ((J^T c) . u) ]: two backward passes
-        through the network and one more in the cotangent c, which enters linearly. Neither
+        through the network and one more in the cotangent c, which enters linearly; the first,
+        J u = grad_c ((J^T c) . u), from the same graph. Neither
         forward mode over forward mode nor reverse over reverse over the product J u gives
         it right for ``nn.LayerNorm`` (torch 2.13: 3% and 6% off the per-output u^T H_i u
         on a small MLP, whose Hessian-vector products are right to rounding): their
         formulas differentiate LayerNorm's saved statistics once too few times."""
-        _, velocity = self(f, w, u)
         with torch.enable_grad(), composite_attention():
             p = w.detach().requires_grad_(True)
             out = f(p)
             c = torch.zeros_like(out, requires_grad=True)
             (pulled,) = torch.autograd.grad(out, p, c, create_graph=True)
+            along = pulled @ u  # c . (J u): its gradient in c is the velocity J u
+            (velocity,) = torch.autograd.grad(along, c, retain_graph=True)
             # a part of f linear in w leaves no graph to differentiate: its curvature is zero
-            (curved,) = torch.autograd.grad(pulled @ u, p, create_graph=True, allow_unused=True)
+            (curved,) = torch.autograd.grad(along, p, create_graph=True, allow_unused=True)
             if curved is None or not curved.requires_grad:
                 return velocity.detach(), torch.zeros_like(out).detach()
             (acceleration,) = torch.autograd.grad(curved @ u, c, allow_unused=True, materialize_grads=True)

@@ -79,8 +79,7 @@ def _recorded_row(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     try:
         if entry.get("config"):
-            cfg = RunConfig.from_dict(entry["config"])
-            row = _config_columns({**cfg.to_dict(), "width": cfg.network_width})
+            row = _config_columns(_fields(RunConfig.from_dict(entry["config"])))
     except (GflowError, TypeError, ValueError):
         pass
     file = name if name == MANIFEST else f"{name}.h5 (no file)"
@@ -101,7 +100,7 @@ def _file_row(path: Path, eps: float, recorded: dict[str, Any] | None) -> dict[s
     s = traj.summary()
     if s["status"] == "running" and recorded is not None and recorded.get("state") == "lost":
         s.update(status="lost", stop_reason=recorded.get("reason", s["stop_reason"]))
-    row: dict[str, Any] = {**traj.config.to_dict(), "width": traj.config.network_width}
+    row: dict[str, Any] = _fields(traj.config)
     row.update(file=path.name, status=s["status"], stop_reason=s["stop_reason"], t=s.get("t", math.nan),
                steps=s.get("step", 0), evals=s.get("evals", 0), wall=s.get("wall", math.nan),
                train_loss=s.get("train_loss", math.nan), train_err=s.get("train_err", math.nan),
@@ -120,6 +119,11 @@ def _file_row(path: Path, eps: float, recorded: dict[str, Any] | None) -> dict[s
     if traj.has("saves/hessian") and len(traj):
         row["sharpness"] = float(traj.hessian_spectrum()[1][-1, 0])
     return _config_columns(row)
+
+
+def _fields(cfg: RunConfig) -> dict[str, Any]:
+    """A config's fields, ``width`` being the network's h (NaN for a model without one)."""
+    return {**cfg.to_dict(), "width": cfg.network_width}
 
 
 def _config_columns(row: dict[str, Any]) -> dict[str, Any]:

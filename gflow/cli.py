@@ -281,7 +281,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     jobs = Jobs(args.jobs, args.job_cores, args.job_memory, args.walltime, args.queue, args.account,
                 tuple(args.job_directive or ()))
     if args.engine not in JOBQUEUES:
-        if args.job_script or [a for a in _JOB_FLAGS if getattr(args, a) != _JOB_DEFAULTS[a]]:
+        if args.job_script or any(getattr(args, a) != default for a, default in _JOB_DEFAULTS.items()):
             raise GflowError(f"--jobs, --job-cores, --job-memory, --walltime, --queue, --account, --job-directive and "
                              f"--job-script describe batch jobs: give --engine one of {', '.join(JOBQUEUES)}")
         jobs = None
@@ -298,7 +298,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 _JOB_DEFAULTS = {"jobs": 1, "job_cores": 1, "job_memory": "4GB", "walltime": "01:00:00", "queue": None,
                  "account": None, "job_directive": None}
-_JOB_FLAGS = tuple(_JOB_DEFAULTS)
 
 
 def _line_per_run(total: int) -> Callable[[dict[str, str]], None] | None:

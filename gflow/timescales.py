@@ -25,9 +25,9 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool 
 
     The linearization and curvature estimators rebuild the network: runs made with factory
     references need ``trust_code=True`` (see :func:`gflow.open`; without it, UntrustedCode)
-    and the user's code importable. Where the network cannot be rebuilt, the row still gives the kernel t1 from
-    the kernel snapshots the run stored (NaN without them) and ``note`` says why the others
-    are missing."""
+    and the user's code importable. Where the network cannot be rebuilt, the row still gives
+    the kernel t1 from the kernel snapshots the run stored (NaN without them) and ``note``
+    says why the others are missing."""
     check_threshold(eps)
     rows = []
     for path in paths:
@@ -39,22 +39,19 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool 
                "t_end": float(traj.save_times[-1]), "t1_linearization": math.nan, "t1_kernel": math.nan,
                "t1_curvature": math.nan, "kernel_change_end": math.nan, "jvp": "", "note": ""}
         try:
-            traj.flow  # noqa: B018 (rebuilt once, or the reason it cannot be)
+            flow = traj.flow
         except UntrustedCode:
             raise
         except GflowError as e:
-            row["note"] = f"no network ({e}): kernel t1 from the stored snapshots only"
-            times, change = traj.stored_kernel_change()
-            if len(change):
-                row.update(t1_kernel=first_crossing(times, change, eps), kernel_change_end=float(change[-1]))
-            rows.append(row)
-            continue
+            flow, row["note"] = None, f"no network ({e}): kernel t1 from the stored snapshots only"
         # the kernel change is computed once (from the stored states when the run took no
         # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it
-        times, change = traj.kernel_change()
-        row.update(t1_linearization=traj.t1("linearization", eps), t1_kernel=first_crossing(times, change, eps),
-                   t1_curvature=traj.t1("curvature"), kernel_change_end=float(change[-1]),
-                   jvp=traj.flow.model.jvp.mode or "")
+        times, change = traj.kernel_change() if flow is not None else traj.stored_kernel_change()
+        if len(change):
+            row.update(t1_kernel=first_crossing(times, change, eps), kernel_change_end=float(change[-1]))
+        if flow is not None:
+            row.update(t1_linearization=traj.t1("linearization", eps), t1_curvature=traj.t1("curvature"),
+                       jvp=flow.model.jvp.mode or "")
         rows.append(row)
     return pd.DataFrame(rows)
 

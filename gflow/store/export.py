@@ -71,9 +71,9 @@ def to_xarray(file: TrajectoryFile, states: bool = True) -> xr.Dataset:
     coords["accepted_step"] = np.arange(1, len(steps) + 1)
     if file.has("kernel/t"):
         kernel_times, thetas = file.kernel_snapshots()
+        change = file.stored_kernel_change()[1]  # the run's own, without the initial kernel's 0
         data["kernel"] = (("t_kernel", "kernel_i", "kernel_j"), thetas)
-        data["kernel_change"] = ("t_kernel", np.linalg.norm(thetas - thetas[0], axis=(1, 2))
-                                 / np.linalg.norm(thetas[0]))
+        data["kernel_change"] = ("t_kernel", np.concatenate([np.zeros(len(kernel_times) - len(change)), change]))
         coords["t_kernel"] = kernel_times
     if file.has("saves/hessian"):
         data["hessian"] = (("t", "eigenvalue"), file.hessian_spectrum()[1])
