@@ -102,9 +102,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_ensemble(args: argparse.Namespace) -> int:
-    """An ensemble's members one after another into a directory (or the unfinished ones of
-    an ensemble directory, with --resume), a line per member, a summary."""
-    from .ensembles import resume_ensemble, run_ensemble
+    """An ensemble's members into a directory (or the unfinished ones of an ensemble
+    directory, with --resume), a line per member, a summary."""
+    from .ensembles import one_by_one, resume_ensemble, run_ensemble
     from .sweep import summarize
 
     def line(result: dict[str, str]) -> None:
@@ -116,8 +116,10 @@ def _run_ensemble(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         if args.out == "run.h5":  # the single run's default file name is no directory name
             raise GflowError(f"--ensemble {cfg.ensemble}: give --out DIR, the directory of the members' files")
-        print(f"ensemble of {cfg.ensemble} (seeds {cfg.seed}..{cfg.seed + cfg.ensemble - 1}) into {args.out}; "
-              "members integrated one after another", flush=True)
+        why = one_by_one(cfg)
+        how = f"members integrated one after another: {why}" if why else "members integrated together (vmap)"
+        print(f"ensemble of {cfg.ensemble} (seeds {cfg.seed}..{cfg.seed + cfg.ensemble - 1}) into {args.out}; {how}",
+              flush=True)
         results = run_ensemble(cfg, args.out, on_member=line)
     print(summarize(results))
     return 0 if all(r["status"] == "finished" for r in results) else 1

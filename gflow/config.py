@@ -44,6 +44,7 @@ KERNEL_OUTPUTS = ("trace", "full")
 DEVICES = ("cpu", "cuda", "cuda:N")
 DEVICE = re.compile(r"^(cpu|cuda|cuda:[0-9]{1,3})$")
 BATCHNORM = ("calibrate", "as-is", "refuse")
+ENSEMBLE_EVALS = ("auto", "vmap", "sequential")
 SAVE_SPACINGS = ("log", "linear")
 WEIGHT_DECAY_CENTERS = ("zero", "init")
 DTYPES = ("float64", "float32")
@@ -97,6 +98,10 @@ class RunConfig:
                    "before a model factory is called, with the run's dtype as torch's default)")
     ensemble: int = _f(1, "members: K runs with seeds seed, seed+1, ..., seed+K-1 and all else equal, into the "
                        "directory --out, one trajectory file per member (gflow.ensembles)")
+    ensemble_eval: str = _f("auto", "how an ensemble's members are integrated: vmap (together, each with its own "
+                            "steps and error control, their evaluations one vectorised call per round), sequential "
+                            "(one after another, each bitwise its single run), auto (vmap on a GPU, sequential on "
+                            "a CPU, where vmap measured no faster: docs/benchmarks/ensemble.md)")
     linearized: bool = _f(False, "train the tangent model f(w0) + J0 (w - w0) instead")
     model: str | None = _f(None, "your network: factory 'package.module:function' returning a "
                            "torch.nn.Module; replaces the built-in network fields")
@@ -553,6 +558,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "labels": LABELS, "arch": ARCHS, "act": ACTIVATIONS, "parametrization": PARAMETRIZATIONS,
     "loss": LOSSES, "solver": SOLVERS, "flow": FLOWS, "controller": CONTROLLERS, "kernel_outputs": KERNEL_OUTPUTS,
     "device": DEVICES, "dtype": DTYPES, "batchnorm": BATCHNORM, "save_spacing": SAVE_SPACINGS,
+    "ensemble_eval": ENSEMBLE_EVALS,
     "weight_decay_center": WEIGHT_DECAY_CENTERS,
 }
 

@@ -10,19 +10,50 @@ ensemble as they read a sweep over ``seed``, and re-running or resuming the dire
 only what is missing: finished members are kept, killed or stopped ones resumed, failed
 ones redone.
 
-The members are integrated one after another in the calling process (each as a single run
-would be, bitwise); a member that fails does not stop the others.
+The members are integrated together where the method allows (:func:`one_by_one` says
+why not): each by its own thread with its own step sizes, error control and stop events,
+their evaluations batched into one vectorised call per round (:mod:`gflow.batching`). The
+paper's steppers (whose point is bitwise reproduction of the original code, which a batched
+evaluation's rounding would break), the external solvers (CVODE, torchdiffeq, torchode),
+the central and modified flows and linearised models run the members one after another in
+the calling process instead, each bitwise as a single run. Either way a member that fails
+does not stop the others.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .batching import Batch
 from .config import RunConfig
 from .errors import ConfigError, GflowError
 from .manifest import Manifest
+from .run import Interrupted, SignalStop
 from .sweep import Sweep, run_one
+from .threads import threads_env, torch_threads
+
+BATCHED_SOLVERS = ("exponential", "chebyshev", "gd", "heavy-ball")
+"""Methods whose members are integrated together: gflow's own steppers, the paper's excepted."""
+
+OnMember = Callable[[dict[str, str]], None]
+
+
+def one_by_one(cfg: RunConfig) -> str | None:
+    """Why the members of ``cfg`` are integrated one after another; None when they are
+    integrated together (:mod:`gflow.batching`)."""
+    if cfg.ensemble_eval == "sequential":
+        return "ensemble_eval = sequential"
+    if cfg.ensemble_eval == "auto" and not cfg.device.startswith("cuda"):
+        return "on a CPU a vectorised evaluation measured no faster (ensemble_eval = vmap to integrate them together)"
+    if cfg.solver not in BATCHED_SOLVERS:
+        return f"solver {cfg.solver!r} integrates one network at a time (batched: {', '.join(BATCHED_SOLVERS)})"
+    if cfg.flow in ("central", "modified"):
+        return f"the {cfg.flow} flow is integrated one network at a time"
+    if cfg.linearized:
+        return "a linearised model is integrated one network at a time"
+    return None
 
 def members(cfg: RunConfig) -> Sweep:
     """The ensemble as a sweep over seed: the config with ``ensemble = 1`` and the seeds."""
@@ -30,8 +61,7 @@ def members(cfg: RunConfig) -> Sweep:
     return Sweep(base=fields, grid={"seed": list(range(cfg.seed, cfg.seed + cfg.ensemble))})
 
 
-def run_ensemble(cfg: RunConfig, out: str | Path, *,
-                 on_member: Callable[[dict[str, str]], None] | None = None) -> list[dict[str, str]]:
+def run_ensemble(cfg: RunConfig, out: str | Path, *, on_member: OnMember | None = None) -> list[dict[str, str]]:
     """Integrate every member of the ensemble ``cfg`` that is not finished into the directory
     ``out`` (created if absent) and return one result per member (name, action, status,
     reason), as :func:`gflow.run_sweep` does; ``on_member`` sees each as it ends.
@@ -55,17 +85,52 @@ def run_ensemble(cfg: RunConfig, out: str | Path, *,
     Manifest(out).update({name: {"state": "planned", "reason": "", "config": {
         k: v for k, v in member.to_dict().items() if v != defaults[k]}}
         for name, member in planned.items() if name not in recorded})
-    results = []
-    for name, member in planned.items():
-        result = run_one(member.to_json(), str(out / f"{name}.h5"))
-        results.append(result)
+    return _run_members([(name, member, out / f"{name}.h5") for name, member in planned.items()], on_member)
+
+
+def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember | None) -> list[dict[str, str]]:
+    """Bring each member to an end state (:func:`gflow.sweep.run_one`), in the order of
+    their seeds: together, one thread per member around one :class:`~gflow.batching.Batch`
+    with the member's place in that order as its slot (so that running and resuming a
+    directory put every member in the same slot of a batch of the same size), or one after
+    another."""
+    members = sorted(members, key=lambda m: (m[1].seed, m[0]))
+    def report(result: dict[str, str]) -> dict[str, str]:
         if on_member is not None:
             on_member(result)
-    return results
+        return result
+
+    if len(members) < 2 or any(one_by_one(cfg) for _, cfg, _ in members):
+        return [report(run_one(cfg.to_json(), str(path))) for _, cfg, path in members]
+    results: dict[str, dict[str, str]] = {}
+    batch = Batch(len(members))
+    lock = threading.Lock()
+
+    def member(slot: int, name: str, cfg: RunConfig, path: Path) -> None:
+        with batch.serving(slot):
+            try:
+                result = run_one(cfg.to_json(), str(path))
+            except Interrupted as e:  # stopped cleanly at a signal the main thread heard
+                result = {"name": name, "action": "run", "status": "stopped", "reason": f"interrupted ({e.signame})"}
+        with lock:
+            results[name] = report(result)
+
+    signals = SignalStop()
+    # Every member's run sets torch's (process-wide) thread count: to one number, chosen here.
+    with torch_threads(members[0][1].threads) as threads, threads_env(threads), signals.installed():
+        workers = [threading.Thread(target=member, args=(slot, *m), name=f"gflow member {m[0]}", daemon=True)
+                   for slot, m in enumerate(members)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            while worker.is_alive():  # a timed join: the main thread stays free to take a signal
+                worker.join(0.2)
+    if signals.signame:
+        raise Interrupted(signals.signame)
+    return [results[name] for name, _, _ in members]
 
 
-def resume_ensemble(directory: str | Path, *,
-                    on_member: Callable[[dict[str, str]], None] | None = None) -> list[dict[str, str]]:
+def resume_ensemble(directory: str | Path, *, on_member: OnMember | None = None) -> list[dict[str, str]]:
     """Bring every member an ensemble directory records (its manifest) to an end state:
     finished ones are kept, killed or stopped ones resumed, failed or never-started ones run."""
     directory = Path(directory)
@@ -73,15 +138,11 @@ def resume_ensemble(directory: str | Path, *,
     if not entries:
         raise GflowError(f"{directory}: not a file (a trajectory is one HDF5 file), nor an ensemble directory (no "
                          f"{Manifest(directory).path.name} recording its members)")
-    results = []
+    unreadable, members = [], []
     for name, entry in sorted(entries.items()):
         try:
-            member = RunConfig.from_dict(entry.get("config", {}), f"{directory} manifest entry {name}")
+            members.append((name, RunConfig.from_dict(entry.get("config", {}), f"{directory} manifest entry {name}"),
+                            directory / f"{name}.h5"))
         except GflowError as e:
-            results.append({"name": name, "action": "error", "status": "failed", "reason": str(e)})
-            continue
-        result = run_one(member.to_json(), str(directory / f"{name}.h5"))
-        results.append(result)
-        if on_member is not None:
-            on_member(result)
-    return results
+            unreadable.append({"name": name, "action": "error", "status": "failed", "reason": str(e)})
+    return unreadable + _run_members(members, on_member)

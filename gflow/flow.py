@@ -24,6 +24,7 @@ from torch import nn
 
 from solvers import Evaluation
 
+from .batching import Batch
 from .config import RunConfig
 from .data import Dataset, from_arrays, from_loader, load, with_labels_for
 from .errors import ConfigError, GflowError
@@ -66,6 +67,7 @@ class GradientFlow:
         self.sources = sources or {}
         self.y0 = torch.cat([self.w0, torch.zeros_like(self.w0)]) if self.momentum else self.w0.clone()
         self._compiled: object = None  # the compiled evaluation (cfg.compile): built on first use, False if it failed
+        self.batch: Batch | None = None  # the ensemble batch evaluating this member (gflow.batching.joined)
         self.decay = cfg.weight_decay
         self.decay_center = self.w0 if cfg.weight_decay_center == "init" else torch.zeros_like(self.w0)
 
@@ -110,9 +112,18 @@ class GradientFlow:
         return classification_error(self.scaled(f, split), y)
 
     def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(L(w), grad L(w), f(w, x_train)) with one forward+backward per chunk."""
+        """(L(w), grad L(w), f(w, x_train)) with one forward+backward per chunk (for a member
+        of a batched ensemble, its share of one vectorised call: :mod:`gflow.batching`)."""
+        loss, grad, f = self.data_term(w) if self.batch is None else self.batch.evaluate(self, w)
+        if self.decay:
+            loss, grad = loss + self.penalty(w.detach()), grad + self.decay * (w.detach() - self.decay_center)
+        return loss, grad, f
+
+    def data_term(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The data term of L (no weight decay), its gradient and f(w, x_train): compiled
+        (``cfg.compile``) or eager, chunk by chunk."""
         if self.cfg.compile and self._compiled is not False:
-            result = self._compiled_loss_and_grad(w)
+            result = self._compiled_data_term(w)
             if result is not None:
                 return result
         # Leaves per parameter tensor, gradients concatenated: ~2% faster (measured in
@@ -125,13 +136,13 @@ class GradientFlow:
                 grads.append(_flat(torch.autograd.grad(chunk_loss, parts)))
                 losses.append(chunk_loss.detach())
                 outs.append(f.detach())
-        return self._total(w, losses, grads, outs)
+        return _summed(losses, grads, outs)
 
-    def _compiled_loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _compiled_data_term(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The data term's value, gradient and outputs through one compiled function per
         chunk size (``torch.func.grad_and_value`` of the chunk's loss under torch.compile,
-        static shapes); the weight decay added as in the eager path. None, after a one-line
-        note on stderr, when the model does not compile: eager evaluation from then on."""
+        static shapes). None, after a one-line note on stderr, when the model does not
+        compile: eager evaluation from then on."""
         if self._compiled is None:
             def chunk(parts: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, n: int):
                 f = self.model.apply(parts, x)
@@ -154,18 +165,7 @@ class GradientFlow:
             print(f"gflow: note: the model did not compile ({type(e).__name__}: {reason}); evaluating eagerly",
                   file=sys.stderr)
             return None
-        return self._total(w, losses, grads, outs)
-
-    def _total(self, w: torch.Tensor, losses: list[torch.Tensor], grads: list[torch.Tensor],
-               outs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The chunks' losses, gradients and outputs summed (concatenated), weight decay added."""
-        if len(grads) == 1:
-            loss, grad, f = losses[0], grads[0], outs[0]
-        else:
-            loss, grad, f = torch.stack(losses).sum(), torch.stack(grads).sum(0), torch.cat(outs)
-        if self.decay:
-            loss, grad = loss + self.penalty(w.detach()), grad + self.decay * (w.detach() - self.decay_center)
-        return loss, grad, f
+        return _summed(losses, grads, outs)
 
     def _chunk_loss(self, parts: list[torch.Tensor], s: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """The training points in ``s``'s share of L (their losses summed over alpha^2 n),
@@ -200,6 +200,14 @@ class GradientFlow:
     def vector_field(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """dy/dt at (t, y): what an external ODE solver integrates."""
         return self.evaluate(float(t), y).dydt
+
+
+def _summed(losses: list[torch.Tensor], grads: list[torch.Tensor],
+            outs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunks' losses and gradients summed, their outputs concatenated."""
+    if len(grads) == 1:
+        return losses[0], grads[0], outs[0]
+    return torch.stack(losses).sum(), torch.stack(grads).sum(0), torch.cat(outs)
 
 
 def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -26,10 +26,17 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def soft_hinge(beta: float) -> Loss:
     """l(a, y) = softplus(beta (1 - y a)) / beta: a smooth hinge with margin 1 (the
-    paper's default, beta = 20); tends to the hinge as beta -> inf."""
+    paper's default, beta = 20); tends to the hinge as beta -> inf.
+
+    softplus as log(1 + e^x) = logaddexp(0, x), smooth everywhere: torch's ``softplus``
+    returns x itself above its threshold x = 20, a jump of ~2e-9 in value and slope that
+    sits exactly at initialisation for beta = 20 (a = 0 gives x = beta), where it made the
+    forward-difference Jacobian products of the exponential method 4% wrong (measured on
+    digits, 40 points, h = 10: v^T J v 0.00898 against 0.00933 exact)."""
 
     def loss(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.softplus(beta * (1 - y * a)) / beta
+        x = beta * (1 - y * a)
+        return torch.logaddexp(torch.zeros_like(x), x) / beta
 
     return loss
 

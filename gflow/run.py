@@ -16,6 +16,7 @@ from torch import nn
 
 from solvers import Counters, Stop
 
+from .batching import joined
 from .config import RunConfig
 from .errors import ConfigError, DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
@@ -40,7 +41,10 @@ class Interrupted(KeyboardInterrupt):
 class SignalStop:
     """Stop event for SIGINT and SIGTERM: the handler only records the signal, and the
     integration stops (status ``stopped``) at the next accepted step, which is then saved,
-    so a signal never lands in the middle of a write. A second signal aborts at once."""
+    so a signal never lands in the middle of a write. A second signal aborts at once.
+
+    Python runs handlers on the main thread only: a stop installed on another thread (a
+    member of a batched ensemble) is told of the signals the main thread's stop receives."""
 
     def __init__(self) -> None:
         self.signame: str | None = None
@@ -50,15 +54,21 @@ class SignalStop:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Handle SIGINT and SIGTERM while inside (main thread only: Python's rule)."""
+        """Handle SIGINT and SIGTERM while inside (on another thread: hear the main thread's)."""
         if threading.current_thread() is not threading.main_thread():
-            yield
+            _LISTENING.add(self)
+            try:
+                yield
+            finally:
+                _LISTENING.discard(self)
             return
 
         def handler(signum: int, frame: object) -> None:
             if self.signame is not None:
                 raise Interrupted(self.signame)
             self.signame = signal.Signals(signum).name
+            for other in list(_LISTENING):
+                other.signame = other.signame or self.signame
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -66,6 +76,9 @@ class SignalStop:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+_LISTENING: set[SignalStop] = set()  # stops installed on other threads
 
 
 def _integrate_into(
@@ -78,7 +91,7 @@ def _integrate_into(
     bar = ProgressBar(cfg.t_end, max(t0, times[0] if times else cfg.t_end, cfg.save_t_min), progress)
     signals = SignalStop()
     try:
-        with signals.installed():
+        with signals.installed(), joined(flow):
             solution = integrate_flow(flow, y0, (t0, cfg.t_end), save_at=times, observers=[writer, bar],
                                       events=[*make_events(cfg, flow), signals], dt=dt, counters=counters)
             writer.finish(solution.stop, solution.dt)

@@ -41,3 +41,18 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield used
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def threads_env(threads: int) -> Iterator[None]:
+    """``OMP_NUM_THREADS`` set to ``threads`` inside (what every run started there uses when
+    its config leaves ``threads`` unset), restored after."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(threads)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous

@@ -12,18 +12,73 @@ import gflow
 from gflow import ConfigError, GflowError, RunConfig
 from gflow.catalog import catalog
 from gflow.cli import main
-from gflow.ensembles import resume_ensemble, run_ensemble
+from gflow.ensembles import one_by_one, resume_ensemble, run_ensemble
 
 BASE = RunConfig(ptr=40, pte=20, width=10, t_end=5.0, saves=4, kernel_n=6, kernel_every=2)
 
 
-def test_each_member_is_bitwise_its_single_run_and_the_catalog_equals_runs_made_one_by_one(tmp_path):
-    results = run_ensemble(BASE.replace(ensemble=3, seed=5), tmp_path / "ens")
+def _final_f(path) -> tuple[np.ndarray, int]:
+    traj = gflow.open(path)
+    return traj.read("saves/f_train")[-1], int(traj.saves["evals"].iloc[-1])
+
+
+CASES = {
+    "alpha 1e-2": BASE.replace(alpha=1e-2, t_end=200.0),
+    "alpha 1": BASE.replace(t_end=20.0),
+    "alpha 1e2": BASE.replace(alpha=1e2, t_end=20.0),
+    "momentum": BASE.replace(flow="momentum", tau=2.0, t_end=20.0),
+    "user factory": RunConfig(ptr=40, pte=20, t_end=20.0, saves=4, model="tests.gflow.usercode:mlp",
+                              model_args={"width": 12}),
+    "float32": BASE.replace(dtype="float32", atol=1e-5, t_end=20.0),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_batched_member_reaches_its_single_runs_f_within_the_methods_accuracy_at_the_same_cost(tmp_path, case):
+    cfg = CASES[case].replace(kernel_n=0, ensemble_eval="vmap")
+    assert one_by_one(cfg) is None  # integrated together
+    results = run_ensemble(cfg.replace(ensemble=3), tmp_path / "ens")
+    assert [r["status"] for r in results] == ["finished"] * 3
+    table = catalog(tmp_path / "ens")
+    for seed in range(3):
+        member, member_evals = _final_f(tmp_path / "ens" / table.loc[table["seed"] == seed, "file"].item())
+        gflow.run(cfg.replace(seed=seed), tmp_path / f"alone{seed}.h5", progress=False)
+        alone, alone_evals = _final_f(tmp_path / f"alone{seed}.h5")
+        gflow.run(cfg.replace(seed=seed, dtype="float64", solver="dopri5", rtol=1e-11, atol=1e-13),
+                  tmp_path / f"tight{seed}.h5", progress=False)
+        tight, _ = _final_f(tmp_path / f"tight{seed}.h5")
+        own_error = np.linalg.norm(alone - tight)
+        assert not np.array_equal(member, alone) or cfg.dtype == "float32"  # the batched evaluation is its own
+        assert np.linalg.norm(member - alone) <= 3 * own_error, (case, seed)
+        assert abs(member_evals - alone_evals) <= 0.1 * alone_evals, (case, seed, member_evals, alone_evals)
+
+
+def test_the_catalog_of_a_vectorised_ensemble_equals_runs_made_one_by_one_to_the_methods_accuracy(tmp_path):
+    cfg = BASE.replace(ensemble=3, seed=5, ensemble_eval="vmap")
+    run_ensemble(cfg, tmp_path / "ens")
+    (tmp_path / "alone").mkdir()
+    for seed in (5, 6, 7):
+        gflow.run(cfg.replace(seed=seed, ensemble=1), tmp_path / "alone" / f"s{seed}.h5", progress=False)
+    ens, one = catalog(tmp_path / "ens"), catalog(tmp_path / "alone")
+    assert list(ens.columns) == list(one.columns) and len(one) == 3
+    numeric = [c for c in ens.columns if c not in ("file", "wall") and pd.api.types.is_numeric_dtype(ens[c])]
+    a, b = (t.sort_values("seed").reset_index(drop=True) for t in (ens, one))
+    pd.testing.assert_frame_equal(a.drop(columns=numeric + ["file", "wall"]), b.drop(columns=numeric + ["file", "wall"]))
+    pd.testing.assert_frame_equal(a[numeric], b[numeric], rtol=1e-6)
+    pd.testing.assert_frame_equal(gflow.ensemble(tmp_path / "ens"), gflow.ensemble(tmp_path / "alone"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [BASE.replace(solver="gradient-ratio"), BASE],
+                         ids=["paper stepper", "cpu default"])
+def test_members_one_by_one_are_bitwise_their_single_runs_and_the_catalog_equals_runs_made_one_by_one(tmp_path, cfg):
+    cfg = cfg.replace(ensemble=3, seed=5)
+    assert one_by_one(cfg)
+    results = run_ensemble(cfg, tmp_path / "ens")
     assert [r["status"] for r in results] == ["finished"] * 3
     alone = tmp_path / "alone"
     alone.mkdir()
     for seed in (5, 6, 7):
-        gflow.run(BASE.replace(seed=seed), alone / f"s{seed}.h5", progress=False)
+        gflow.run(cfg.replace(seed=seed, ensemble=1), alone / f"s{seed}.h5", progress=False)
     ens, one = catalog(tmp_path / "ens"), catalog(alone)
     assert list(ens.columns) == list(one.columns) and sorted(ens["seed"]) == [5, 6, 7]
     for seed in (5, 6, 7):
@@ -37,9 +92,10 @@ def test_each_member_is_bitwise_its_single_run_and_the_catalog_equals_runs_made_
     pd.testing.assert_frame_equal(gflow.ensemble(tmp_path / "ens"), gflow.ensemble(alone))
 
 
-def test_a_failing_member_fails_alone(tmp_path):
+@pytest.mark.parametrize("how", ["vmap", "sequential"])
+def test_a_failing_member_fails_alone(tmp_path, how):
     cfg = BASE.replace(model="tests.gflow.usercode:nan_for_seed", model_args={"bad": 1}, width=100, kernel_n=0,
-                       ensemble=3)
+                       ensemble=3, ensemble_eval=how)
     results = run_ensemble(cfg, tmp_path / "ens")
     assert [r["status"] for r in results] == ["finished", "failed", "finished"]
     assert results[1]["reason"]  # the member's own failure, recorded
@@ -47,23 +103,26 @@ def test_a_failing_member_fails_alone(tmp_path):
     assert sorted(table["status"]) == ["failed", "finished", "finished"]
 
 
-def test_sigkill_then_resume_of_the_directory_finishes_every_member_bitwise(tmp_path):
+@pytest.mark.parametrize("method, wait", [(["--solver", "gradient-ratio"], 0.5),
+                                          (["--ensemble-eval", "vmap", "--t-end", "3000"], 3.0)],
+                         ids=["one by one", "vmap"])
+def test_sigkill_then_resume_of_the_directory_finishes_every_member_bitwise(tmp_path, method, wait):
     out = tmp_path / "ens"
-    slow = ["--ptr", "300", "--pte", "50", "--width", "50", "--t-end", "300", "--saves", "10", "--solver",
-            "gradient-ratio", "--ensemble", "3", "--out", str(out)]
+    slow = ["--ptr", "300", "--pte", "50", "--width", "50", "--t-end", "300", "--saves", "10", *method,
+            "--ensemble", "3", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "gflow.cli", "run", *slow], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     start = time.time()
     while time.time() - start < 120 and len(list(out.glob("*.h5"))) < 2:
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(wait)  # members integrate together: all have saves by then, none has finished
     proc.kill()
     proc.wait()
     assert len(list(out.glob("*.h5"))) >= 1
     code = subprocess.run([sys.executable, "-m", "gflow.cli", "run", "--resume", str(out)], capture_output=True,
                           text=True, timeout=600)
     assert code.returncode == 0, code.stderr
-    assert "3 runs: 3 finished" in code.stdout
+    assert "3 runs: 3 finished" in code.stdout and " resume " in code.stdout  # killed members were resumed
     reference = tmp_path / "ref"
     main(["run", *slow[:-1], str(reference)])
     for path in sorted(out.glob("*.h5")):
