@@ -219,6 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     out = Path(args.out)
+    if args.which == "ensemble":
+        return _bench_ensemble(args, out)
     if args.which == "overhead":
         if args.methods or args.tolerances or args.problems:
             raise GflowError("--problems, --methods and --tolerances select solver variants: they apply to "
@@ -251,6 +253,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bench.work_precision_plot(table, out / "work_precision.png")
     (out / "solvers.md").write_text(bench.markdown_tables(table))
     print(f"wrote {out / 'solvers.csv'}, {out / 'solvers.md'} and {out / 'work_precision.png'}")
+    return 0
+
+
+def _bench_ensemble(args: argparse.Namespace, out: Path) -> int:
+    from . import throughput
+
+    if args.methods or args.tolerances or args.problems or args.config:
+        raise GflowError("--problems, --methods, --tolerances and --config apply to `gflow bench solvers` and "
+                         "`overhead`; `gflow bench ensemble` runs the built-in network at its own widths")
+    ks, widths = ((1, 4), (10, 30)) if args.quick else (throughput.KS, throughput.WIDTHS)
+    base = RunConfig(t_end=10.0 if args.quick else 100.0)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{'width':>6} {'K':>4} {'evals':>7} {'together s':>11} {'one by one s':>13} {'speedup':>8}")
+
+    def line(row: dict) -> None:
+        print(f"{row['width']:6d} {row['K']:4d} {row['evals_per_member']:7.0f} {row['together_s']:11.2f} "
+              f"{row['one_by_one_s']:13.2f} {row['speedup']:8.2f}", flush=True)
+
+    table = throughput.ensemble_throughput(base, ks, widths, on_row=line)
+    table.to_csv(out / "ensemble.csv", index=False)
+    (out / "ensemble.md").write_text(throughput.markdown(table))
+    throughput.plot(table, out / "ensemble.png")
+    print(f"wrote {out / 'ensemble.csv'}, {out / 'ensemble.md'} and {out / 'ensemble.png'}")
     return 0
 
 
@@ -293,7 +318,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         cluster.close()
         return 0
     results = run_sweep(sweep, args.out, engine=args.engine, workers=args.workers, scheduler=args.scheduler,
-                        on_result=_line_per_run(len(sweep.runs())), jobs=jobs)
+                        on_result=_line_per_run(len(sweep.runs())), jobs=jobs, ensembles=args.ensembles)
     print(summarize(results))
     return 0 if all(r["status"] == "finished" for r in results) else 1
 
@@ -373,8 +398,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("bench", help="benchmarks: work-precision of every method (solvers); cost per evaluation (overhead)")
-    p.add_argument("which", choices=["solvers", "overhead"])
+    p = sub.add_parser("bench", help="benchmarks: work-precision of every method (solvers); cost per evaluation "
+                       "(overhead); ensembles together against one by one (ensemble)")
+    p.add_argument("which", choices=["solvers", "overhead", "ensemble"])
     p.add_argument("--problems", nargs="+", metavar="NAME", choices=_Choices(".bench", "PROBLEMS"),
                    help="solvers only: problems to run, among %(choices)s (default: the digits ones)")
     p.add_argument("--methods", nargs="+", metavar="NAME",
@@ -409,6 +435,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local", choices=ENGINES, help="local processes or Dask distributed")
     p.add_argument("--workers", type=int, help="runs at a time (default: one per CPU core)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--no-ensembles", dest="ensembles", action="store_false",
+                   help="run every grid point as its own task; by default points that differ only in seed are one "
+                        "ensemble, integrated together where ensemble_eval has them so (vmap, or auto on a GPU)")
     jobs = p.add_argument_group("batch jobs (--engine slurm, pbs, sge or lsf: workers in jobs queued through "
                                 "dask-jobqueue; docs/CLUSTERS.md)")
     jobs.add_argument("--jobs", type=int, default=_JOB_DEFAULTS["jobs"], help="jobs to queue (default 1)")

@@ -22,6 +22,7 @@ does not stop the others.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from .errors import ConfigError, GflowError
 from .manifest import Manifest
 from .run import Interrupted, SignalStop
 from .sweep import Sweep, run_one
+from .threads import ENV as THREADS_ENV
 from .threads import threads_env, torch_threads
 
 BATCHED_SOLVERS = ("exponential", "chebyshev", "gd", "heavy-ball")
@@ -100,7 +102,7 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
             on_member(result)
         return result
 
-    if len(members) < 2 or any(one_by_one(cfg) for _, cfg, _ in members):
+    if any(one_by_one(cfg) for _, cfg, _ in members):
         return [report(run_one(cfg.to_json(), str(path))) for _, cfg, path in members]
     results: dict[str, dict[str, str]] = {}
     batch = Batch(len(members))
@@ -128,6 +130,22 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
     if signals.signame:
         raise Interrupted(signals.signame)
     return [results[name] for name, _, _ in members]
+
+
+def run_group(group: tuple[tuple[str, str], ...], threads: int | None = None) -> list[dict[str, str]]:
+    """A sweep's task (:func:`gflow.sweep.run_sweep`): its runs, given as (config JSON, file
+    path), brought to an end state together where their configs allow (members of one
+    ensemble), else one by one; never raises. Each result names its task's first file
+    (``group``). ``threads``: this worker's share of the cores."""
+    if threads:
+        os.environ[THREADS_ENV] = str(threads)
+    members = [(Path(path).stem, RunConfig.from_json(cfg_json), Path(path)) for cfg_json, path in group]
+    try:
+        results = _run_members(members, None)
+    except Interrupted as e:  # the worker was signalled: its members stopped cleanly
+        results = [{"name": name, "action": "run", "status": "stopped", "reason": f"interrupted ({e.signame})"}
+                   for name, _, _ in members]
+    return [{**r, "group": group[0][1]} for r in results]
 
 
 def resume_ensemble(directory: str | Path, *, on_member: OnMember | None = None) -> list[dict[str, str]]:

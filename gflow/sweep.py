@@ -345,6 +345,7 @@ def run_sweep(
     sweep: Sweep, out: str | Path, *, engine: str = "local", workers: int | None = None,
     scheduler: str | None = None, progress: bool | None = None,
     on_result: Callable[[dict[str, str]], None] | None = None, cluster: Any = None, jobs: Jobs | None = None,
+    ensembles: bool = True,
 ) -> list[dict[str, str]]:
     """Run every missing run of ``sweep`` into the directory ``out``, ``workers`` at a time
     (default: one per CPU core) on local processes or on Dask (a LocalCluster, or the
@@ -357,6 +358,11 @@ def run_sweep(
     workers and cancels them at the end; or pass any Dask ``cluster`` object you built
     (a dask-jobqueue cluster with your site's options, scaled as you like) with
     ``engine="dask"``. docs/CLUSTERS.md has the recipe.
+
+    With ``ensembles`` (the default), grid points that differ only in ``seed`` are one task,
+    integrated together as an ensemble (:mod:`gflow.ensembles`) where their config has them
+    integrated together (``ensemble_eval``: vmap, or auto on a GPU); each member is still
+    its own file, named as without grouping, so the directory and its catalog are the same.
 
     Local workers are fresh Python processes that import the caller's ``__main__``: a
     script must call ``run_sweep`` under ``if __name__ == "__main__":``, or each worker
@@ -382,7 +388,7 @@ def run_sweep(
     except OSError as e:  # a read-only place, a name too long for the file system
         raise GflowError(f"cannot create the sweep directory {out}: {e.strerror}") from None
     runs = sweep.runs()
-    tasks = [(cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")) for cfg in runs]
+    groups = _groups(sweep, runs, out, ensembles)
     # Every run on record before any starts; this also finds an unwritable directory now.
     defaults = RunConfig().to_dict()
     Manifest(out).update({sweep.name(cfg): {"state": "planned", "reason": "", "config": {
@@ -404,20 +410,40 @@ def run_sweep(
         submit = _local_engine(workers)
     results = []
     counts: Counter[str] = Counter()
-    with tqdm(total=len(tasks), disable=None if progress is None else not progress, unit="run") as bar:
-        for result in submit(run_one, [(*t, threads) for t in tasks]):
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-            counts[result["status"]] += 1
-            running = min(workers, len(tasks) - len(results))
-            bar.set_postfix_str(", ".join([*(f"{k} {v}" for k, v in sorted(counts.items())), f"running {running}"]),
-                                refresh=False)
-            bar.update()
-    return sorted(results, key=lambda r: r["name"])
+    from .ensembles import run_group
+
+    with tqdm(total=len(runs), disable=None if progress is None else not progress, unit="run") as bar:
+        for group in submit(run_group, [(g, threads) for g in groups]):
+            for result in group:
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                counts[result["status"]] += 1
+            running = min(workers, len(groups) - len({r["group"] for r in results}))
+            bar.set_postfix_str(", ".join([*(f"{k} {v}" for k, v in sorted(counts.items())),
+                                           f"running {running} task(s)"]), refresh=False)
+            bar.update(len(group))
+    return sorted(({k: v for k, v in r.items() if k != "group"} for r in results), key=lambda r: r["name"])
 
 
-Submit = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], Iterator[dict[str, str]]]
+Group = tuple[tuple[str, str], ...]  # (config JSON, file path) of each run of one task
+
+
+def _groups(sweep: Sweep, runs: list[RunConfig], out: Path, ensembles: bool) -> list[Group]:
+    """The sweep's tasks: with ``ensembles``, the runs that differ only in seed and that
+    would be integrated together (:func:`gflow.ensembles.one_by_one`) as one task, in the
+    grid's order of their first run; every other run a task of its own."""
+    from .ensembles import one_by_one
+
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for i, cfg in enumerate(runs):
+        together = ensembles and one_by_one(cfg) is None
+        key = cfg.replace(seed=0).to_json() if together else f"run {i}"
+        groups.setdefault(key, []).append((cfg.to_json(), str(out / f"{sweep.name(cfg)}.h5")))
+    return [tuple(g) for g in groups.values()]
+
+
+Submit = Callable[[Callable[..., list[dict[str, str]]], list[tuple[Any, ...]]], Iterator[list[dict[str, str]]]]
 
 
 _ORPHANED = threading.Event()  # set in a worker whose sweep process has died
@@ -441,7 +467,7 @@ def _stop_when_orphaned(parent: int, grace: float = 60.0) -> None:
 
 
 def _local_engine(workers: int) -> Submit:
-    def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
+    def submit(fn: Callable[..., list[dict[str, str]]], tasks: list[tuple[Any, ...]]) -> Iterator[list[dict[str, str]]]:
         pending = list(tasks)
         for restart in range(POOL_RESTARTS + 1):
             broken = False
@@ -462,12 +488,15 @@ def _local_engine(workers: int) -> Submit:
             if restart == 0 and len(pending) == len(tasks) and _none_started(tasks):
                 raise GflowError(f"every worker process died before it started a run; {UNGUARDED}")
             retry = []
-            for task in pending:  # the runs a dead worker had taken are reported; the others start afresh
-                ended = _after_a_dead_worker(Path(task[1]), last=restart == POOL_RESTARTS)
-                if ended is None:
-                    retry.append(task)
-                else:
+            for group, threads in pending:  # the runs a dead worker had taken are reported; the others start afresh
+                left, ended = [], []
+                for member in group:
+                    result = _after_a_dead_worker(Path(member[1]), last=restart == POOL_RESTARTS)
+                    (left.append(member) if result is None else ended.append({**result, "group": member[1]}))
+                if ended:
                     yield ended
+                if left:
+                    retry.append((tuple(left), threads))
             pending = retry
 
     return submit
@@ -478,12 +507,13 @@ UNGUARDED = ("a script that calls run_sweep must call it under `if __name__ == \
 
 
 def _none_started(tasks: list[tuple[Any, ...]]) -> bool:
-    """Whether no run of ``tasks`` left its planned state (its workers died on start)."""
+    """Whether no run of ``tasks`` (groups of runs) left its planned state (its workers died on start)."""
+    paths = [Path(member[1]) for group, _ in tasks for member in group]
     try:
-        entries = Manifest(Path(tasks[0][1]).parent).read()
+        entries = Manifest(paths[0].parent).read()
     except GflowError:
         return False
-    return all(entries.get(Path(t[1]).stem, {}).get("state") == "planned" for t in tasks)
+    return all(entries.get(p.stem, {}).get("state") == "planned" for p in paths)
 
 
 def _after_a_dead_worker(out: Path, last: bool) -> dict[str, str] | None:
@@ -526,7 +556,7 @@ def _dask_engine(workers: int, scheduler: str | None, given: Any = None,
     except ImportError:
         raise GflowError("--engine dask needs Dask distributed: pip install 'gflow[dask]'") from None
 
-    def submit(fn: Callable[..., dict[str, str]], tasks: list[tuple[Any, ...]]) -> Iterator[dict[str, str]]:
+    def submit(fn: Callable[..., list[dict[str, str]]], tasks: list[tuple[Any, ...]]) -> Iterator[list[dict[str, str]]]:
         if given is not None or scheduler:
             cluster, owned = given, False
         else:

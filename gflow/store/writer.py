@@ -41,6 +41,7 @@ from .format import (
     OPTIONAL_STEP_COLUMNS,
     REASON_BYTES,
     SAVE_SCALARS,
+    WRITE_OPTIONS,
     STEP_COLUMNS,
     append,
     copy_checked,
@@ -145,7 +146,7 @@ class TrajectoryWriter(Observer):
                     raise GflowError(f"{self.path}: status {status}; only running (killed) or stopped runs can be resumed")
                 self._need(self.path.stat().st_size, "to resume it (resuming rewrites the file)", "nothing changed")
                 rewrite_to_checkpoint(self.path, flow.cfg.to_json())
-                self.file = h5py.File(self.path, "r+", libver="latest")
+                self.file = h5py.File(self.path, "r+", **WRITE_OPTIONS)
                 upgrade(self.file, sources(flow), flow.y0.cpu().numpy())
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
@@ -158,7 +159,7 @@ class TrajectoryWriter(Observer):
                 # (_publish): a reader never finds a half-made file at the output path.
                 self._creating = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.new")
                 try:
-                    self.file = h5py.File(self._creating, "w-", libver="latest")
+                    self.file = h5py.File(self._creating, "w-", **WRITE_OPTIONS)
                 except OSError as e:
                     raise GflowError(f"cannot create {self.path}: {_first_line(e)}") from None
                 try:
@@ -612,7 +613,7 @@ def _copy_to_checkpoint(path: Path, tmp: Path, config: str) -> None:
     # The source opens plainly unless a killed writer left it marked open-for-write: in SWMR
     # mode HDF5 retries a metadata block that fails its checksum with growing sleeps, and a
     # damaged stopped file held a resume for many minutes.
-    with open_plain_or_swmr(path) as src, h5py.File(tmp, "w-", libver="latest") as dst:
+    with open_plain_or_swmr(path) as src, h5py.File(tmp, "w-", **WRITE_OPTIONS) as dst:
         copy_checked(src, dst)
         dst.attrs["config"] = config
         checkpoint = read_checkpoint(dst)

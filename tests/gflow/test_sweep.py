@@ -157,6 +157,27 @@ def test_ensemble_mean_predictor_and_fluctuations_match_a_direct_computation(tmp
     assert row["ensemble_test_err"] == pytest.approx(np.mean(np.sign(f.mean(0)) != y))
 
 
+def test_seeds_of_a_grid_point_run_as_one_ensemble_and_the_catalog_cannot_tell(tmp_path):
+    from gflow.sweep import _groups
+
+    text = TINY.replace("width = [6, 12]", "seed = [0, 1, 2]").replace("[base]", '[base]\nensemble_eval = "vmap"')
+    sweep = _sweep(tmp_path, text)
+    runs = sweep.runs()
+    assert [len(g) for g in _groups(sweep, runs, tmp_path, True)] == [3, 3]  # one ensemble per alpha
+    assert [len(g) for g in _groups(sweep, runs, tmp_path, False)] == [1] * 6
+    cpu_default = _sweep(tmp_path, TINY.replace("width = [6, 12]", "seed = [0, 1, 2]"))
+    assert [len(g) for g in _groups(cpu_default, cpu_default.runs(), tmp_path, True)] == [1] * 6  # one by one
+    for grouped in (True, False):
+        results = run_sweep(sweep, tmp_path / str(grouped), workers=2, progress=False, ensembles=grouped)
+        assert [r["status"] for r in results] == ["finished"] * 6
+    a, b = gflow.catalog(tmp_path / "True"), gflow.catalog(tmp_path / "False")
+    assert list(a["file"]) == list(b["file"]) and list(a.columns) == list(b.columns)
+    numeric = [c for c in a.columns if c != "wall" and np.issubdtype(a[c].dtype, np.number)]
+    assert np.allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-6, equal_nan=True)
+    assert np.allclose(gflow.ensemble(tmp_path / "True")["delta_F"], gflow.ensemble(tmp_path / "False")["delta_F"],
+                       rtol=1e-6)
+
+
 def test_killing_the_sweep_process_stops_its_workers_runs_cleanly(tmp_path):
     import signal
 
