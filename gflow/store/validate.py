@@ -315,7 +315,8 @@ def check_schema(file: h5py.File, where: str, cfg: RunConfig) -> None:
     if f.get("kernel") is not None:
         _check_kernel(f, where, f0)
     if f.get("checkpoint") is not None:
-        _check_checkpoint(f, where, state, rows)
+        version = file.attrs.get("format_version", 0)
+        _check_checkpoint(f, where, state, rows, digest=isinstance(version, (int, np.integer)) and version >= 5)
 
 
 def _check_kernel(f: _Tree, where: str, f0: h5py.Dataset) -> None:
@@ -340,13 +341,14 @@ def _check_kernel(f: _Tree, where: str, f0: h5py.Dataset) -> None:
         raise _bad(where, "kernel/t", "finite times", "other values")
 
 
-def _check_checkpoint(f: _Tree, where: str, state: int, rows: int) -> None:
+def _check_checkpoint(f: _Tree, where: str, state: int, rows: int, digest: bool) -> None:
+    """The checkpoint's datasets; ``digest``: the state's digests are part of it (version 5)."""
     current = scalar(f, "checkpoint/current", where, "if")
     if current not in (-1, 0, 1):
         raise _bad(where, "checkpoint/current", "-1, 0 or 1", repr(current))
     scalars = dataset(f, "checkpoint/scalars", where, "f", (2, 7))
     dataset(f, "checkpoint/state", where, "f", (2, state))
-    if "digest" in f.members("checkpoint"):
+    if digest or "digest" in f.members("checkpoint"):
         dataset(f, "checkpoint/digest", where, "S", (2,))
     if current >= 0:
         t, _, step, evals, _, saves, row = read_data(scalars, int(current)).tolist()

@@ -6,6 +6,7 @@ import time
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 import gflow
@@ -172,7 +173,7 @@ def test_seeds_of_a_grid_point_run_as_one_ensemble_and_the_catalog_cannot_tell(t
         assert [r["status"] for r in results] == ["finished"] * 6
     a, b = gflow.catalog(tmp_path / "True"), gflow.catalog(tmp_path / "False")
     assert list(a["file"]) == list(b["file"]) and list(a.columns) == list(b.columns)
-    numeric = [c for c in a.columns if c != "wall" and np.issubdtype(a[c].dtype, np.number)]
+    numeric = [c for c in a.columns if c != "wall" and pd.api.types.is_numeric_dtype(a[c])]
     assert np.allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-6, equal_nan=True)
     assert np.allclose(gflow.ensemble(tmp_path / "True")["delta_F"], gflow.ensemble(tmp_path / "False")["delta_F"],
                        rtol=1e-6)
