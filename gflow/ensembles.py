@@ -10,14 +10,15 @@ ensemble as they read a sweep over ``seed``, and re-running or resuming the dire
 only what is missing: finished members are kept, killed or stopped ones resumed, failed
 ones redone.
 
-The members are integrated together where the method allows (:func:`one_by_one` says
-why not): each by its own thread with its own step sizes, error control and stop events,
-their evaluations batched into one vectorised call per round (:mod:`gflow.batching`). The
-paper's steppers (whose point is bitwise reproduction of the original code, which a batched
-evaluation's rounding would break), the external solvers (CVODE, torchdiffeq, torchode),
-the central and modified flows and linearised models run the members one after another in
-the calling process instead, each bitwise as a single run. Either way a member that fails
-does not stop the others.
+With ``ensemble_eval = "vmap"`` (and by default on a GPU) the members are integrated
+together: each by its own thread with its own step sizes, error control and stop events,
+their evaluations batched into one vectorised call per round (:mod:`gflow.batching`). On a
+CPU by default (where the vectorised evaluation measured no faster), with ``"sequential"``,
+and for what cannot batch (:func:`one_by_one` says why: the paper's steppers, whose point is
+bitwise reproduction of the original code, which a batched evaluation's rounding would
+break; the external solvers CVODE, torchdiffeq and torchode; the central and modified flows;
+linearised models) the members run one after another in the calling process, each bitwise
+as a single run. Either way a member that fails does not stop the others.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def one_by_one(cfg: RunConfig) -> str | None:
     if cfg.linearized:
         return "a linearised model is integrated one network at a time"
     return None
+
 
 def members(cfg: RunConfig) -> Sweep:
     """The ensemble as a sweep over seed: the config with ``ensemble = 1`` and the seeds."""
@@ -97,6 +99,7 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
     directory put every member in the same slot of a batch of the same size), or one after
     another."""
     members = sorted(members, key=lambda m: (m[1].seed, m[0]))
+
     def report(result: dict[str, str]) -> dict[str, str]:
         if on_member is not None:
             on_member(result)

@@ -492,7 +492,10 @@ def _local_engine(workers: int) -> Submit:
                 left, ended = [], []
                 for member in group:
                     result = _after_a_dead_worker(Path(member[1]), last=restart == POOL_RESTARTS)
-                    (left.append(member) if result is None else ended.append({**result, "group": member[1]}))
+                    if result is None:
+                        left.append(member)
+                    else:
+                        ended.append({**result, "group": member[1]})
                 if ended:
                     yield ended
                 if left:

@@ -5,9 +5,11 @@ For each width h and ensemble size K, the same config (digits, 1000 points, the 
 method, ``t_end`` shortened so that the largest cases fit in minutes) is integrated
 
 * together: ``ensemble_eval = vmap``, K threads around one batch (:mod:`gflow.batching`);
-* one by one: K single runs in a row, each ``gflow.run``, in the same process.
+* one by one: ``ensemble_eval = sequential``, the K members in a row, each as its single
+  run would be (bitwise), in the same process.
 
-Both store their trajectories as usual. Throughput is K * 3600 / wall seconds; the ratio
+Both go through the same bookkeeping (manifest, logs, one file per member), so the ratio is
+the batching's alone. Throughput is K * 3600 / wall seconds; the ratio
 of the two is the speedup of batching. For K larger than ``sample`` the one-by-one time is
 that of the first ``sample`` members scaled by K / sample (members cost alike: they differ
 only in the seed). Before the first measurement both paths run once, so one-time costs
@@ -24,32 +26,24 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunConfig
-from .run import run
 
 KS = (1, 4, 16, 64)
 WIDTHS = (10, 30, 100, 300)
 
 
-def _together(cfg: RunConfig, directory: Path) -> tuple[float, float]:
-    """(wall seconds, mean evaluations per member) of cfg's ensemble integrated together."""
+def _members(cfg: RunConfig, how: str, directory: Path) -> tuple[float, float]:
+    """(wall seconds, mean evaluations per member) of cfg's ensemble with ``ensemble_eval = how``."""
     from .catalog import catalog
     from .ensembles import _run_members, members
 
-    sweep = members(cfg)
+    sweep = members(cfg.replace(ensemble_eval=how))
+    directory.mkdir()
     start = time.perf_counter()
     results = _run_members([(sweep.name(m), m, directory / f"{sweep.name(m)}.h5") for m in sweep.runs()], None)
     wall = time.perf_counter() - start
     if any(r["status"] != "finished" for r in results):
-        raise RuntimeError(f"ensemble K = {cfg.ensemble}, width {cfg.width}: {results}")
+        raise RuntimeError(f"ensemble K = {cfg.ensemble}, width {cfg.width}, {how}: {results}")
     return wall, float(catalog(directory)["evals"].mean())
-
-
-def _one_by_one(cfg: RunConfig, directory: Path, count: int) -> float:
-    """Wall seconds of the first ``count`` members of cfg's ensemble run one after another."""
-    start = time.perf_counter()
-    for seed in range(cfg.seed, cfg.seed + count):
-        run(cfg.replace(ensemble=1, seed=seed), directory / f"alone{seed}.h5", progress=False)
-    return time.perf_counter() - start
 
 
 def ensemble_throughput(base: RunConfig = RunConfig(t_end=100.0), ks: Sequence[int] = KS,
@@ -60,18 +54,15 @@ def ensemble_throughput(base: RunConfig = RunConfig(t_end=100.0), ks: Sequence[i
     rows = []
     with tempfile.TemporaryDirectory(prefix="gflow-bench-ensemble-") as tmp:
         scratch = Path(tmp)
-        warm = base.replace(width=min(widths), t_end=min(base.t_end, 1.0), ensemble=2, ensemble_eval="vmap")
-        (scratch / "warm").mkdir()
-        _together(warm, scratch / "warm")
-        _one_by_one(warm, scratch / "warm", 1)
+        warm = base.replace(width=min(widths), t_end=min(base.t_end, 1.0), ensemble=2)
+        for how in ("vmap", "sequential"):
+            _members(warm, how, scratch / f"warm-{how}")
         for width in widths:
             for k in ks:
-                cfg = base.replace(width=width, ensemble=k, ensemble_eval="vmap")
-                where = scratch / f"h{width}k{k}"
-                where.mkdir()
-                together, evals = _together(cfg, where)
+                cfg = base.replace(width=width, ensemble=k)
+                together, evals = _members(cfg, "vmap", scratch / f"h{width}k{k}")
                 count = min(k, sample)
-                alone = _one_by_one(cfg, where, count) * k / count
+                alone = _members(cfg.replace(ensemble=count), "sequential", scratch / f"h{width}k{k}-seq")[0] * k / count
                 row = {"width": width, "K": k, "params": _params(cfg), "evals_per_member": evals,
                        "together_s": together, "one_by_one_s": alone, "one_by_one_measured": count,
                        "runs_per_hour_together": k * 3600 / together, "runs_per_hour_one_by_one": k * 3600 / alone,
