@@ -71,8 +71,7 @@ class Batch:
         self._results: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | BaseException] = {}
         self._template: GradientFlow | None = None
         self._batched: object = None  # the vmapped evaluation: built on first use, False where vmap failed
-        self.rounds = 0
-        self.members_evaluated = 0  # summed over rounds: how full the rounds were
+        self._constants: dict[tuple[int, ...], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
     @contextmanager
     def serving(self, slot: int) -> Iterator[None]:
@@ -130,8 +129,6 @@ class Batch:
             return
         flows = [f for f in self._live if id(f) in self._posted]
         states = [self._posted.pop(id(f)) for f in flows]
-        self.rounds += 1
-        self.members_evaluated += len(flows)
         self._results.update(self._round(flows, states))
         self._cv.notify_all()
 
@@ -166,9 +163,12 @@ class Batch:
         flows = [members[s][0] if s in members else template for s in range(k)]
         stacked = torch.stack([template.weights(members[s][1]) if s in members else template.w0 for s in range(k)])
         parts = [t.reshape(k, *shape) for t, shape in zip(stacked.split(model.sizes, dim=1), model.shapes)]
-        buffers = {name: torch.stack([dict(f.model.module.named_buffers())[name] for f in flows])
-                   for name, _ in model.module.named_buffers()}
-        f0 = torch.stack([f.f0_train for f in flows])
+        key = tuple(id(f) for f in flows)
+        if key not in self._constants:  # the slots' f0 and buffers change only when a member leaves
+            self._constants = {key: (torch.stack([f.f0_train for f in flows]), {
+                name: torch.stack([dict(f.model.module.named_buffers())[name] for f in flows])
+                for name, _ in model.module.named_buffers()})}
+        f0, buffers = self._constants[key]
         losses, grads, outs = [], [], []
         for s in template._chunks(len(template.x_train)):
             g, (loss, f) = self._batched(parts, buffers, f0[:, s], template.x_train[s], template.y_train[s])

@@ -112,3 +112,20 @@ def test_the_checksum_benchmark_measures_both_variants_and_writes_its_numbers(tm
     assert 0 < numbers["writer_share_without"] < 1 and 0 < numbers["writer_share_with"] < 1
     assert numbers["file_bytes_with"] > numbers["file_bytes_without"]  # four bytes of checksum per chunk
     assert "of the run's wall time" in proc.stdout
+
+
+def test_bench_ensemble_writes_the_k_by_width_table_its_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["bench", "ensemble", "--quick", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "ensemble.csv")
+    assert sorted(zip(table["width"], table["K"])) == [(10, 1), (10, 4), (30, 1), (30, 4)]
+    assert (table["speedup"] == table["one_by_one_s"] / table["together_s"]).all() and (table["speedup"] > 0).all()
+    assert np.allclose(table["runs_per_hour_together"], table["K"] * 3600 / table["together_s"])
+    assert "| 10 (850) |" in (out / "ensemble.md").read_text() and (out / "ensemble.png").stat().st_size > 0
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_ensemble_rejects_solver_and_config_selections(tmp_path, capsys):
+    assert main(["bench", "ensemble", "--quick", "--out", str(tmp_path / "e"), "--config", "x.toml"]) == 2
+    assert "runs the built-in network at its own widths" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
