@@ -129,7 +129,10 @@ class Batch:
             return
         flows = [f for f in self._live if id(f) in self._posted]
         states = [self._posted.pop(id(f)) for f in flows]
-        self._results.update(self._round(flows, states))
+        try:
+            self._results.update(self._round(flows, states))
+        except Exception as e:  # every waiting member hears of it: none waits forever
+            self._results.update({id(f): e for f in flows})
         self._cv.notify_all()
 
     def _round(self, flows: list[GradientFlow], states: list[torch.Tensor]) -> dict[int, object]:

@@ -144,3 +144,15 @@ def test_ensembles_need_the_network_from_the_config_and_a_directory(tmp_path, ca
         run_ensemble(BASE.replace(ensemble=2), tmp_path / "file")
     with pytest.raises(GflowError, match="nor an ensemble directory"):
         resume_ensemble(tmp_path)
+
+
+def test_a_round_that_raises_fails_every_member_waiting_on_it_and_none_hangs(tmp_path, monkeypatch):
+    import gflow.batching
+
+    def broken(self, flows, states):
+        raise RuntimeError("the round broke")
+
+    monkeypatch.setattr(gflow.batching.Batch, "_round", broken)
+    results = run_ensemble(BASE.replace(ensemble=3, kernel_n=0, ensemble_eval="vmap"), tmp_path / "ens")
+    assert [r["status"] for r in results] == ["failed"] * 3
+    assert all("the round broke" in r["reason"] for r in results)
