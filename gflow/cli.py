@@ -111,7 +111,7 @@ def _run_ensemble(args: argparse.Namespace) -> int:
         print(f"{result['status']:8s} {result['action']:6s} {result['name']}", flush=True)
 
     if args.resume:
-        results = resume_ensemble(args.resume, on_member=line)
+        results = resume_ensemble(args.resume, on_member=line, trust_code=args.trust_code)
     else:
         cfg = config_from_args(args)
         if args.out == "run.h5":  # the single run's default file name is no directory name

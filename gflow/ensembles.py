@@ -23,6 +23,7 @@ as a single run. Either way a member that fails does not stop the others.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from .batching import Batch
 from .config import RunConfig
 from .errors import ConfigError, GflowError
 from .manifest import Manifest
+from .references import check_trusted
 from .run import Interrupted, SignalStop
 from .sweep import Sweep, run_one
 from .threads import ENV as THREADS_ENV
@@ -151,9 +153,13 @@ def run_group(group: tuple[tuple[str, str], ...], threads: int | None = None) ->
     return [{**r, "group": group[0][1]} for r in results]
 
 
-def resume_ensemble(directory: str | Path, *, on_member: OnMember | None = None) -> list[dict[str, str]]:
+def resume_ensemble(directory: str | Path, *, on_member: OnMember | None = None,
+                    trust_code: bool = False) -> list[dict[str, str]]:
     """Bring every member an ensemble directory records (its manifest) to an end state:
-    finished ones are kept, killed or stopped ones resumed, failed or never-started ones run."""
+    finished ones are kept, killed or stopped ones resumed, failed or never-started ones run.
+    A member whose config names code (a model, data or loss reference) is run only with
+    ``trust_code=True`` (``--trust-code``): the manifest is a file; one UntrustedCode error
+    names every reference before anything runs."""
     directory = Path(directory)
     entries = Manifest(directory).read()
     if not entries:
@@ -166,4 +172,10 @@ def resume_ensemble(directory: str | Path, *, on_member: OnMember | None = None)
                             directory / f"{name}.h5"))
         except GflowError as e:
             unreadable.append({"name": name, "action": "error", "status": "failed", "reason": str(e)})
+    # The configs come from the directory's manifest, a file: the code they name runs only on
+    # the caller's word, as for a trajectory file (gflow.references.check_trusted).
+    named = sorted({(field, getattr(cfg, field), json.dumps(getattr(cfg, f"{field}_args", None), sort_keys=True))
+                    for _, cfg, _ in members for field in ("model", "data", "loss")
+                    if getattr(cfg, field) is not None and ":" in getattr(cfg, field)})
+    check_trusted([(field, ref, json.loads(args)) for field, ref, args in named], Manifest(directory).path, trust_code)
     return unreadable + _run_members(members, on_member)

@@ -13,6 +13,7 @@ from gflow import ConfigError, GflowError, RunConfig
 from gflow.catalog import catalog
 from gflow.cli import main
 from gflow.ensembles import one_by_one, resume_ensemble, run_ensemble
+from gflow.errors import UntrustedCode
 
 BASE = RunConfig(ptr=40, pte=20, width=10, t_end=5.0, saves=4, kernel_n=6, kernel_every=2)
 
@@ -156,3 +157,18 @@ def test_a_round_that_raises_fails_every_member_waiting_on_it_and_none_hangs(tmp
     results = run_ensemble(BASE.replace(ensemble=3, kernel_n=0, ensemble_eval="vmap"), tmp_path / "ens")
     assert [r["status"] for r in results] == ["failed"] * 3
     assert all("the round broke" in r["reason"] for r in results)
+
+
+def test_resuming_a_directory_whose_manifest_names_code_needs_trust_code(tmp_path, capsys):
+    cfg = RunConfig(ptr=40, pte=20, t_end=2.0, saves=2, model="tests.gflow.usercode:mlp", model_args={"width": 6},
+                    ensemble=2, solver="gradient-ratio")
+    run_ensemble(cfg, tmp_path / "ens")
+    for path in (tmp_path / "ens").glob("*.h5"):
+        path.unlink()  # the members to redo: their code would run
+    with pytest.raises(UntrustedCode, match="tests.gflow.usercode:mlp"):
+        resume_ensemble(tmp_path / "ens")
+    assert not list((tmp_path / "ens").glob("*.h5"))
+    assert main(["run", "--resume", str(tmp_path / "ens")]) == 2
+    assert "--trust-code" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "ens"), "--trust-code"]) == 0
+    assert len(list((tmp_path / "ens").glob("*.h5"))) == 2
