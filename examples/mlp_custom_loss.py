@@ -32,6 +32,12 @@ def mlp(width: int) -> nn.Module:
     return nn.Sequential(nn.Linear(64, width), nn.LayerNorm(width), nn.Tanh(), nn.Linear(width, 1))
 
 
+def deep_mlp(width: int = 1000, classes: int = 10) -> nn.Module:
+    """Two tanh hidden layers with biases: 64 -> width -> width -> classes (1,076,010
+    parameters at width 1000: the large model of benchmarks/overhead_user_mlp_1m.toml)."""
+    return nn.Sequential(nn.Linear(64, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, classes))
+
+
 def parity_digits(n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
     x, c = load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(x))[: n_train + n_test]

@@ -204,6 +204,7 @@ def _timed_run(cfg: RunConfig, out: Path | None) -> dict[str, float]:
     built = time.perf_counter()
     parts = _Parts()
     flow.evaluate = parts.clock("evaluations", flow.evaluate)
+    flow.outputs = parts.clock("save forwards", flow.outputs)  # the network at interpolated saves
     with _clocked_parts(parts):
         if out is None:
             integrate(flow, flow.y0, (0.0, cfg.t_end), make_method(cfg, flow), save_at=save_times(cfg),
@@ -260,9 +261,10 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     ``share_*``: where the stored run's wall time goes, exclusive of nested parts:
     ``evaluations``, ``krylov`` (the exponential method's Krylov bookkeeping and
     orthogonalisation), ``phi`` (matrix exponentials of the Arnoldi matrix, Ritz values),
-    ``dense_output`` (serving saves from a step's interpolant), ``storage`` (the writer,
-    including the forward passes of interpolated saves and kernel or Hessian work it does),
-    and ``rest`` (the controller, events, the integration loop: what no part claims)."""
+    ``dense_output`` (serving saves from a step's interpolant), ``save_forwards`` (the
+    network's outputs on the train and test sets at saves, a forward pass each where the
+    save's state was interpolated), ``storage`` (the rest of the writer: rows, states,
+    checkpoints, flushes, kernel or Hessian work), and ``rest`` (the controller, events, the integration loop: what no part claims)."""
     flow = build(cfg)
     evaluate_over_raw = _evaluate_over_raw(flow)
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +276,7 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
         return float(np.median([r[key] for r in runs]))
 
     shares = sorted({k for r in stored for k in r if k.startswith("share_")})
-    return {
+    return {**peak_memory(cfg),
         "evals": evals, "raw_ms": raw_cost(flow, repeats=100) * 1e3, "evaluate_over_raw": evaluate_over_raw,
         "run_over_evaluate": median(stored, "over_evaluate"),
         "per_eval_over_raw": evaluate_over_raw * median(stored, "over_evaluate"),
@@ -467,3 +469,36 @@ def problems(names: list[str] | None = None, quick: bool = False) -> dict[str, R
     if unknown:
         raise ValueError(f"unknown benchmark problem {sorted(unknown)[0]!r}; known: {', '.join(PROBLEMS)}")
     return {k: v for k, v in table.items() if not names or k in names}
+
+
+def _peak_child(config: str, mode: str, out: str) -> None:
+    """In a fresh process (see :func:`peak_memory`): build the problem of ``config``, then 30
+    raw forward+backward passes (``raw``) or the stored run into ``out`` (``run``); print
+    the peak resident memory in bytes."""
+    import resource
+
+    cfg = RunConfig.from_json(config)
+    if mode == "raw":
+        once = _raw_pass(build(cfg))
+        for _ in range(30):
+            once()
+    else:
+        run(cfg, out, progress=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_memory(cfg: RunConfig) -> dict[str, float]:
+    """Peak resident memory of a stored run over that of a process that only makes raw
+    forward+backward passes of the same module on the same data (both fresh processes,
+    same imports): ``raw_peak_mb``, ``run_peak_mb``, ``peak_over_raw``."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("raw", "run"):
+            code = "import sys; from gflow.bench import _peak_child; _peak_child(*sys.argv[1:])"
+            done = subprocess.run([sys.executable, "-c", code, cfg.to_json(), mode, str(Path(tmp) / "run.h5")],
+                                  capture_output=True, text=True, check=True)
+            peaks[mode] = int(done.stdout.split()[-1]) / 2**20
+    return {"raw_peak_mb": peaks["raw"], "run_peak_mb": peaks["run"], "peak_over_raw": peaks["run"] / peaks["raw"]}

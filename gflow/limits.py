@@ -12,7 +12,12 @@ model or data is sized by the user's code, which gflow does not run to find out.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
+
+from solvers.observers import Observer, StepRecord
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -72,3 +77,44 @@ def check_fits(cfg: RunConfig, data: bool = True, network: bool = True) -> None:
         what = f"{cfg.ptr + cfg.pte:,} points of data ({need['data'] / 2**30:.3g} GiB)"
     raise ConfigError(field, value, f"{what}: the run needs about {need['memory'] / 2**30:.3g} GiB, more than the "
                       f"{free / 2**30:.3g} GiB of memory available")
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    """glibc's malloc_trim, or None where the C library is not glibc."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory now (Linux: /proc/self/statm), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ReleaseFreedMemory(Observer):
+    """Hand freed memory back to the system (glibc's ``malloc_trim(0)``) after an accepted
+    step that left the process's resident memory more than ``slack`` bytes above where the
+    last release left it. glibc keeps freed blocks for reuse, and the state-sized vectors
+    a step allocates and frees in varying order fragment its heap, so without this a run's
+    resident memory creeps up over its steps: measured on a 1M-parameter MLP
+    (benchmarks/overhead_user_mlp_1m.toml), peak 1.12 GB, against 0.46 GB for raw forward
+    and backward passes alone. Releasing after every step is not free: the next
+    evaluation faults its pages in again (4.5 ms on a 7.4 ms evaluation at 26.5k
+    parameters), hence the slack."""
+
+    def __init__(self, slack: int = 64 * 2**20) -> None:
+        self.slack = slack
+        self._after = resident_bytes()
+
+    def on_step(self, record: StepRecord) -> None:
+        trim, now = _malloc_trim(), resident_bytes()
+        if trim is None or now is None or self._after is None or now - self._after <= self.slack:
+            return
+        trim(0)
+        self._after = resident_bytes()

@@ -20,6 +20,7 @@ from .batching import joined
 from .config import RunConfig
 from .errors import ConfigError, DiskFull, FileFormatError, GflowError, OutputExists
 from .flow import DataArg, GradientFlow, build
+from .limits import ReleaseFreedMemory
 from .losses import Loss
 from .methods import check_available, integrate_flow, make_events, save_times
 from .progress import ProgressBar
@@ -92,7 +93,7 @@ def _integrate_into(
     signals = SignalStop()
     try:
         with signals.installed(), joined(flow):
-            solution = integrate_flow(flow, y0, (t0, cfg.t_end), save_at=times, observers=[writer, bar],
+            solution = integrate_flow(flow, y0, (t0, cfg.t_end), save_at=times, observers=[writer, bar, ReleaseFreedMemory()],
                                       events=[*make_events(cfg, flow), signals], dt=dt, counters=counters)
             writer.finish(solution.stop, solution.dt)
     except DiskFull as e:  # resumable once there is room (finish does nothing after a failed write)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .blas import one_blas_thread
 from .dense import Interpolant, hermite_step
 from .events import Crossing, Event, Progress, Stop, non_finite
 from .method import Method
@@ -154,21 +155,22 @@ def integrate(
 
     saved_at: float | None = None
     located: Evaluation | None = None
-    ev = previous = counting.evaluate(t0, y0)
-    stop = non_finite(ev)
-    values = [c.g(t0, y0) for c in crossings] if stop is None else []
-    pending = [t for t in saves if t > t0]
-    if saves and saves[0] == t0 or stop:
-        save(ev.t, ev.y, ev.dydt, ev, ev, dt)
-    while stop is None:
-        target = t_end if interpolating or not pending else pending[0]
-        ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
-        ev = located or ev
-        hit = not interpolating and bool(pending) and ev.t == pending[0]
-        if hit:
-            pending.pop(0)
-        if stop is None and ev.t >= t_end:
-            stop = Stop("finished", "reached t_end")
-        if hit or (stop is not None and stop.status != "event" and saved_at != ev.t):
+    with one_blas_thread():  # the methods' small dense algebra: solvers/blas.py
+        ev = previous = counting.evaluate(t0, y0)
+        stop = non_finite(ev)
+        values = [c.g(t0, y0) for c in crossings] if stop is None else []
+        pending = [t for t in saves if t > t0]
+        if saves and saves[0] == t0 or stop:
             save(ev.t, ev.y, ev.dydt, ev, ev, dt)
+        while stop is None:
+            target = t_end if interpolating or not pending else pending[0]
+            ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
+            ev = located or ev
+            hit = not interpolating and bool(pending) and ev.t == pending[0]
+            if hit:
+                pending.pop(0)
+            if stop is None and ev.t >= t_end:
+                stop = Stop("finished", "reached t_end")
+            if hit or (stop is not None and stop.status != "event" and saved_at != ev.t):
+                save(ev.t, ev.y, ev.dydt, ev, ev, dt)
     return Solution(ev, stop, dt, Counters(steps, counting.count, wall(), n_saved, counting.observed))

@@ -72,6 +72,9 @@ def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp
     assert all(np.isfinite(v) and v > 0 for v in plain_numbers.values()), numbers
     assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) > -1e-3
     assert shares["share_storage"] == numbers["storage_share"] and shares["share_evaluations"] > 0
+    # Peak memory of the stored run against a process of raw passes, both fresh processes.
+    assert numbers["peak_over_raw"] == pytest.approx(numbers["run_peak_mb"] / numbers["raw_peak_mb"])
+    assert numbers["raw_peak_mb"] > 50  # torch alone is more: a real measurement, not a default
 
 
 def test_overhead_parts_of_the_exponential_method_are_exclusive_and_sum_to_the_wall_time():
@@ -79,7 +82,8 @@ def test_overhead_parts_of_the_exponential_method_are_exclusive_and_sum_to_the_w
     parts add up to the run's wall time with no part counted twice."""
     numbers = overhead(TINY.replace(solver="exponential", rtol=1e-4, atol=1e-8), repeats=1)
     shares = {k: v for k, v in numbers.items() if k.startswith("share_")}
-    assert {"share_evaluations", "share_krylov", "share_phi", "share_dense_output", "share_storage"} <= set(shares)
+    assert {"share_evaluations", "share_krylov", "share_phi", "share_dense_output", "share_save_forwards",
+            "share_storage"} <= set(shares)
     assert sum(shares.values()) == pytest.approx(1.0) and all(v > -1e-3 for v in shares.values())
     assert shares["share_evaluations"] > shares["share_krylov"]
 
