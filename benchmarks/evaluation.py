@@ -47,7 +47,8 @@ def jax_evaluation(flow) -> Callable[[], None] | None:
     module, cfg = flow.model.module, flow.cfg
     if type(module).__name__ != "FullyConnected" or cfg.loss != "softhinge" or not cfg.centered:
         return None
-    scale = float(module.phi(torch.ones((), dtype=torch.float64)) / torch.nn.functional.softplus(torch.ones(())))
+    one = torch.ones((), dtype=torch.float64)
+    scale = float(module.phi(one) / torch.nn.functional.softplus(one))  # gflow's normalisation of softplus
     multipliers, kappa, alpha, beta = list(module.multipliers), module.kappa, flow.alpha, cfg.beta
     x, y, f0 = (jnp.asarray(t.cpu().numpy()) for t in (flow.x_train, flow.y_train, flow.f0_train))
     n = x.shape[0]

@@ -474,9 +474,8 @@ def problems(names: list[str] | None = None, quick: bool = False) -> dict[str, R
 def _peak_child(config: str, mode: str, out: str) -> None:
     """In a fresh process (see :func:`peak_memory`): build the problem of ``config``, then 30
     raw forward+backward passes (``raw``) or the stored run into ``out`` (``run``); print
-    the peak resident memory in bytes."""
-    import resource
-
+    the peak resident memory in bytes: VmHWM, which starts afresh with the new program
+    (getrusage's ru_maxrss does not: it keeps the forking parent's resident size)."""
     cfg = RunConfig.from_json(config)
     if mode == "raw":
         once = _raw_pass(build(cfg))
@@ -484,7 +483,13 @@ def _peak_child(config: str, mode: str, out: str) -> None:
             once()
     else:
         run(cfg, out, progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    try:
+        with open("/proc/self/status") as f:
+            print(next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")))
+    except OSError:  # not Linux: macOS's ru_maxrss, in bytes there (the parent's size not inherited)
+        import resource
+
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_memory(cfg: RunConfig) -> dict[str, float]:

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import gflow
-from gflow.bench import check_selection, default_variants, overhead
+from gflow.bench import check_selection, default_variants, overhead, peak_memory
 from gflow.cli import main
+from gflow.limits import resident_bytes
 
 from .configs import TINY
 
@@ -77,6 +79,15 @@ def test_overhead_benchmark_times_the_writer_inside_a_run_equal_to_gflow_run(tmp
     assert numbers["raw_peak_mb"] > 50  # torch alone is more: a real measurement, not a default
 
 
+def test_peak_memory_is_each_fresh_process_own_not_the_forking_parents():
+    """getrusage's ru_maxrss survives fork and exec: a child of a large parent would report the
+    parent's size. VmHWM starts afresh with the new program."""
+    ballast = torch.ones(400 * 2**20 // 8, dtype=torch.float64)
+    peaks = peak_memory(TINY)
+    assert peaks["raw_peak_mb"] < resident_bytes() / 2**20 - 200
+    assert ballast.sum() > 0
+
+
 def test_overhead_parts_of_the_exponential_method_are_exclusive_and_sum_to_the_wall_time():
     """The Krylov space's time excludes the evaluations made inside its extensions, so the
     parts add up to the run's wall time with no part counted twice."""
@@ -133,3 +144,14 @@ def test_bench_ensemble_rejects_solver_and_config_selections(tmp_path, capsys):
     assert main(["bench", "ensemble", "--quick", "--out", str(tmp_path / "e"), "--config", "x.toml"]) == 2
     assert "runs the built-in network at its own widths" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_the_evaluation_benchmark_times_eager_compiled_and_raw_in_one_process(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/evaluation.py", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(tmp_path / "evaluation.csv").iloc[0]
+    assert row["network"] == "fc h=100" and row["parameters"] == 26500
+    assert min(row["raw_ms"], row["eager_ms"], row["compiled_ms"], row["compile_s"]) > 0
+    assert row["eager_over_compiled"] == pytest.approx(row["eager_ms"] / row["compiled_ms"])
+    assert (tmp_path / "evaluation.md").is_file()
