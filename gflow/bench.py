@@ -264,7 +264,8 @@ def overhead(cfg: RunConfig, repeats: int = 3) -> dict[str, float]:
     ``dense_output`` (serving saves from a step's interpolant), ``save_forwards`` (the
     network's outputs on the train and test sets at saves, a forward pass each where the
     save's state was interpolated), ``storage`` (the rest of the writer: rows, states,
-    checkpoints, flushes, kernel or Hessian work), and ``rest`` (the controller, events, the integration loop: what no part claims)."""
+    checkpoints, flushes, kernel or Hessian work), and ``rest`` (the controller, events,
+    the integration loop: what no part claims)."""
     flow = build(cfg)
     evaluate_over_raw = _evaluate_over_raw(flow)
     with tempfile.TemporaryDirectory() as tmp:
@@ -499,10 +500,10 @@ def peak_memory(cfg: RunConfig) -> dict[str, float]:
     import subprocess
     import sys
 
+    code = "import sys; from gflow.bench import _peak_child; _peak_child(*sys.argv[1:])"
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("raw", "run"):
-            code = "import sys; from gflow.bench import _peak_child; _peak_child(*sys.argv[1:])"
             done = subprocess.run([sys.executable, "-c", code, cfg.to_json(), mode, str(Path(tmp) / "run.h5")],
                                   capture_output=True, text=True, check=True)
             peaks[mode] = int(done.stdout.split()[-1]) / 2**20

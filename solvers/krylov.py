@@ -65,9 +65,9 @@ class JacobianKrylov:
     of its size (median), 1.3e-13 at most.
 
     The basis lives in the rows of one matrix, sized for ``expected_dim`` and doubled when
-    full: V_m is a view, never a copy (restacking a list of m vectors after each product was 5% of a run
-    at a million parameters), and the products' arithmetic is done in place, so a step
-    holds the basis and two vectors of the state's size besides.
+    full: V_m is a view, never a copy (restacking a list of m vectors after each product
+    was 5% of a run at a million parameters), and the orthogonalisation works in place,
+    allocating nothing of the state's size.
     """
 
     def __init__(self, problem: CountingProblem, ev: Evaluation, b: torch.Tensor, max_dim: int,
