@@ -1,9 +1,13 @@
 """The cost of one gradient evaluation, per architecture: gflow's eager evaluation, its
 compiled one (``compile = true``: torch.compile of the functional forward+backward), a raw
 forward+backward of the plain module, and (where JAX is installed) a JAX ``jit`` of the same
-value and gradient of the same loss, all on one thread, float64, in one process.
+value and gradient of the same loss, all on one thread (``--threads``: as many; the process
+is held to that many cores, since JAX's thread pool takes every core otherwise), float64,
+in one process. ``elements`` is n A, the forward pass's elements by which ``compile`` is
+decided when unset (gflow.compilation), ``saved_ns_per_element`` what compiling saved per
+element, ``compiled_by_default`` that decision.
 
-    python benchmarks/evaluation.py [--quick] [--out docs/benchmarks]
+    python benchmarks/evaluation.py [--quick] [--threads N] [--out docs/benchmarks]
     pip install jax      # optional: adds the JAX column for the fully connected networks
 
 The JAX function is checked against gflow's evaluation (loss and gradient to 1e-10
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +32,21 @@ import torch
 
 from gflow import RunConfig, build
 from gflow.bench import _raw_pass
+from gflow.compilation import decide, elements_per_point
+from gflow.data import DEFAULT_DIRS
 
 # (label, config fields): the default run's problem (digits, 1000 points, FC L = 3, softplus,
-# soft hinge) at two widths, and the built-in CNN.
+# soft hinge) at three widths, the built-in CNN, and the paper's 10k Fashion-MNIST points
+# (where Debian's dataset-fashion-mnist is installed).
 PROBLEMS = {
     "fc h=100": {},
     "fc h=300": {"width": 300},
+    "fc h=1000": {"width": 1000},
     "cnn c=16": {"arch": "cnn", "width": 16, "depth": 2},
+    "fashion 10k fc h=100": {"dataset": "fashion-mnist", "ptr": 10000, "pte": 100},
+    "fashion 10k fc h=300": {"dataset": "fashion-mnist", "ptr": 10000, "pte": 100, "width": 300},
 }
+SECONDS = 10.0  # time per variant that caps the rounds of the slower problems
 
 
 def jax_evaluation(flow) -> Callable[[], None] | None:
@@ -80,7 +92,7 @@ def jax_evaluation(flow) -> Callable[[], None] | None:
 
 def measure(label: str, fields: dict, rounds: int) -> dict[str, float]:
     cfg = RunConfig(**fields)
-    eager = build(cfg)
+    eager = build(cfg.replace(compile=False))
     compiled = build(cfg.replace(compile=True))
     start = time.perf_counter()
     compiled.evaluate(0.0, compiled.y0)
@@ -94,6 +106,9 @@ def measure(label: str, fields: dict, rounds: int) -> dict[str, float]:
         jax_once = jax_evaluation(eager)
         if jax_once is not None:
             variants["jax"] = jax_once
+    start = time.perf_counter()
+    variants["eager"]()
+    rounds = max(5, min(rounds, int(SECONDS / (time.perf_counter() - start))))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds + 3):
         for name, call in variants.items():
@@ -102,21 +117,36 @@ def measure(label: str, fields: dict, rounds: int) -> dict[str, float]:
             if r >= 3:  # warm-up
                 times[name].append(time.perf_counter() - start)
     ms = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-    row = {"network": label, "parameters": len(eager.w0), "compile_s": compile_s,
-           **{f"{k}_ms": v for k, v in ms.items()}, "eager_over_compiled": ms["eager"] / ms["compiled"]}
+    # n A, the forward elements per evaluation by which compile = None decides (gflow.compilation)
+    elements = len(eager.x_train) * elements_per_point(lambda x: eager.model(eager.w0, x), eager.x_train)
+    row = {"network": label, "parameters": len(eager.w0), "elements": elements, "compile_s": compile_s,
+           **{f"{k}_ms": v for k, v in ms.items()}, "eager_over_compiled": ms["eager"] / ms["compiled"],
+           "saved_ns_per_element": (ms["eager"] - ms["compiled"]) * 1e6 / elements,
+           "compiled_by_default": decide(None, lambda x: eager.model(eager.w0, x), eager.x_train)}
     if "jax" in ms:
         row["eager_over_jax"] = ms["eager"] / ms["jax"]
         row["compiled_over_jax"] = ms["compiled"] / ms["jax"]
     return row
 
 
+def _available(fields: dict) -> bool:
+    """Whether a problem's dataset is on this machine (Fashion-MNIST: a Debian package)."""
+    name = fields.get("dataset", "digits")
+    return name not in DEFAULT_DIRS or Path(DEFAULT_DIRS[name]).is_dir()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the first problem only, few rounds (a smoke test)")
     parser.add_argument("--out", default="benchmarks/results", help="directory for evaluation.csv and .md")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the comparison with JAX is of per-call overhead)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # one thread: the comparison is of per-call overhead, not of parallel kernels
-    problems = dict(list(PROBLEMS.items())[:1]) if args.quick else PROBLEMS
+    torch.set_num_threads(args.threads)
+    if hasattr(os, "sched_setaffinity"):  # JAX's thread pool ignores torch's setting: hold both to the cores
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    problems = dict(list(PROBLEMS.items())[:1]) if args.quick else {
+        label: fields for label, fields in PROBLEMS.items() if _available(fields)}
     table = pd.DataFrame([measure(label, fields, 10 if args.quick else 200) for label, fields in problems.items()])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
+
+from .errors import one_line
 
 if TYPE_CHECKING:
     from .flow import GradientFlow
@@ -145,8 +147,7 @@ class Batch:
                 results.update({id(f): values[slot] for slot, (f, _) in together.items()})
             except Exception as e:  # torch.func's errors for unsupported operations have no common base
                 self._batched = False
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                print(f"gflow: note: the ensemble's model does not vectorise ({type(e).__name__}: {reason}); "
+                print(f"gflow: note: the ensemble's model does not vectorise ({one_line(e)}); "
                       "its members are evaluated one by one", file=sys.stderr)
         for flow, w in zip(flows, states):
             if id(flow) not in results:
@@ -162,6 +163,8 @@ class Batch:
         slots in ``members`` (slot -> (flow, state))."""
         if self._batched is None:
             self._batched = _vectorised_terms(template)
+            if template.compiles:  # compiled like the members' own evaluations (gflow.compilation)
+                self._batched = _compiled_or_eager(self._batched)
         model, k = template.model, self.size
         flows = [members[s][0] if s in members else template for s in range(k)]
         stacked = torch.stack([template.weights(members[s][1]) if s in members else template.w0 for s in range(k)])
@@ -202,6 +205,25 @@ def _vectorised_terms(template: GradientFlow):
         return template.loss_fn(a, y).sum() / (alpha**2 * n), f
 
     return vmap(grad_and_value(member, has_aux=True), in_dims=(0, 0, 0, None, None))
+
+
+def _compiled_or_eager(vectorised: Callable) -> Callable:
+    """``vectorised`` through torch.compile (static shapes); after one note on stderr,
+    ``vectorised`` itself from the first call that does not compile on."""
+    compiled, failed = torch.compile(vectorised, dynamic=False), False
+
+    def call(*args):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args)
+            except Exception as e:  # torch._dynamo's and inductor's errors have no common public base
+                failed = True
+                print(f"gflow: note: the ensemble's vectorised evaluation did not compile ({one_line(e)}); "
+                      "evaluating it eagerly", file=sys.stderr)
+        return vectorised(*args)
+
+    return call
 
 
 def _batchable(flow: GradientFlow) -> bool:

@@ -44,3 +44,10 @@ class DiskFull(Exception):
     def __init__(self, message: str, unclean: bool = False) -> None:
         super().__init__(message)
         self.unclean = unclean
+
+
+def one_line(e: BaseException) -> str:
+    """An exception for a one-line note: its type and the first line of its message (at most
+    200 characters; compilers' messages run to pages)."""
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

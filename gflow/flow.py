@@ -13,6 +13,7 @@ references) or from the caller as Python objects: :func:`build`.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -25,13 +26,21 @@ from torch import nn
 from solvers import Evaluation
 
 from .batching import Batch
+from .compilation import decide
 from .config import RunConfig
 from .data import Dataset, from_arrays, from_loader, load, with_labels_for
-from .errors import ConfigError, GflowError
+from .errors import ConfigError, GflowError, one_line
 from .limits import check_fits
 from .losses import Loss, check_task, classification_error, get_loss
 from .models import FlatModel, Linearized, apply_batchnorm_policy, build_model, prepare
 from .references import call, check_trusted, qualified_name, resolve
+
+
+@functools.cache
+def _note_compiling() -> None:
+    """Say once per process why the run pauses before its first step."""
+    print("gflow: note: compiling the loss and gradient (a forward pass this large pays for it: "
+          "gflow.compilation; compile = false, --no-compile, turns it off)", file=sys.stderr)
 
 
 class GradientFlow:
@@ -66,7 +75,11 @@ class GradientFlow:
         self.f0_test = self.outputs(self.w0, self.x_test)
         self.sources = sources or {}
         self.y0 = torch.cat([self.w0, torch.zeros_like(self.w0)]) if self.momentum else self.w0.clone()
-        self._compiled: object = None  # the compiled evaluation (cfg.compile): built on first use, False if it failed
+        # cfg.compile, or the rule of gflow.compilation when unset (decided from the config alone)
+        self.compiles = decide(cfg.compile, lambda x: self.model(self.w0, x), self.x_train)
+        if self.compiles and cfg.compile is None:
+            _note_compiling()
+        self._compiled: object = None  # the compiled evaluation: built on first use, False if it failed
         self.batch: Batch | None = None  # the ensemble batch evaluating this member (gflow.batching.joined)
         self.decay = cfg.weight_decay
         self.decay_center = self.w0 if cfg.weight_decay_center == "init" else torch.zeros_like(self.w0)
@@ -121,8 +134,8 @@ class GradientFlow:
 
     def data_term(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The data term of L (no weight decay), its gradient and f(w, x_train): compiled
-        (``cfg.compile``) or eager, chunk by chunk."""
-        if self.cfg.compile and self._compiled is not False:
+        (``compiles``) or eager, chunk by chunk."""
+        if self.compiles and self._compiled is not False:
             result = self._compiled_data_term(w)
             if result is not None:
                 return result
@@ -161,8 +174,7 @@ class GradientFlow:
                 outs.append(f.detach())
         except Exception as e:  # torch._dynamo's and inductor's errors have no common public base
             self._compiled = False
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            print(f"gflow: note: the model did not compile ({type(e).__name__}: {reason}); evaluating eagerly",
+            print(f"gflow: note: the model did not compile ({one_line(e)}); evaluating eagerly",
                   file=sys.stderr)
             return None
         return _summed(losses, grads, outs)
