@@ -27,21 +27,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 COMPILE_ELEMENTS = 2e7
 """Forward elements per evaluation (n x A) from which ``compile = None`` compiles."""
 
 
-class _ElementCount(TorchDispatchMode):
-    """Counts the elements of every tensor the operations under it produce."""
+class _ElementCount(TorchFunctionMode):
+    """Counts the elements of every tensor the torch functions called under it produce (a
+    function mode, not a dispatch mode: that would import torch's symbolic machinery, 70 MB
+    and a second, into every run)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.elements = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         return out

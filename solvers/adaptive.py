@@ -78,6 +78,7 @@ class Adaptive:
             diagnostics = getattr(self.stepper, "diagnostics", None)
             ratios = decision.ratios | diagnostics() if diagnostics else decision.ratios
             stop = on_step(ev, h, rejected, ratios, interpolant, dt)
+            del interpolant  # its step's dense output (a Krylov space) is not kept through the next step
             if stop:
                 return Segment(ev, dt, stop)
         return Segment(ev, dt, None)

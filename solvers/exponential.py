@@ -175,8 +175,14 @@ class ExponentialRosenbrock:
 
     def step(self, ev: Evaluation, dt: float, problem: CountingProblem) -> torch.Tensor:
         if self._space is None or self._space.ev is not ev:  # a retry keeps its space
-            # sized for the last step's dimension and two more (m grows slowly along a run)
-            self._space = JacobianKrylov(problem, ev, ev.dydt, self.max_krylov, expected_dim=self.krylov + 2)
+            # The last step's space, remainders and start are done with: not held through this
+            # step (at a million parameters, 15 state-sized vectors of a run's peak); its
+            # matrix is reused. The new space is sized for the last step's dimension and two
+            # more (m grows slowly along a run).
+            done, self._space, self._error, self._dense = self._space, None, None, None
+            self._space = JacobianKrylov(problem, ev, ev.dydt, self.max_krylov, expected_dim=self.krylov + 2,
+                                         reuse=done)
+            del done
         space = self._space
         coef, change = self._coefficients(space, dt)
         self.krylov = space.dim

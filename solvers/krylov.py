@@ -71,12 +71,19 @@ class JacobianKrylov:
     """
 
     def __init__(self, problem: CountingProblem, ev: Evaluation, b: torch.Tensor, max_dim: int,
-                 expected_dim: int = 7) -> None:
+                 expected_dim: int = 7, reuse: JacobianKrylov | None = None) -> None:
         self.problem, self.ev, self.max_dim = problem, ev, max_dim
         self.norm_b = float(b.norm())
         # Room for the dimension expected (the caller's guess: the previous step's) and its
         # next vector, so that the basis is seldom copied, nor held twice while it grows.
-        self._rows = b.new_empty((min(max(expected_dim, 1) + 1, max_dim + 1), b.numel()))
+        rows = min(max(expected_dim, 1) + 1, max_dim + 1)
+        if reuse is not None and len(reuse._rows) >= rows and reuse._rows.shape[1] == b.numel():
+            # A space done with lends its matrix: its pages are resident already, where a new
+            # one's would be faulted in afresh (a basis larger than glibc's mmap threshold,
+            # 32 MB, is mapped anew each step).
+            self._rows = reuse._rows
+        else:
+            self._rows = b.new_empty((rows, b.numel()))
         self.size = 0  # basis vectors held: dim, or dim + 1 (the next product's direction)
         if self.norm_b > 0:
             torch.div(b, self.norm_b, out=self._rows[0])

@@ -1,5 +1,8 @@
 """When a run compiles its evaluation (gflow.compilation): counted, deterministic, overridable."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -97,3 +100,12 @@ def test_an_ensemble_that_does_not_compile_is_vectorised_eagerly_after_one_note(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gflow: note: the ensemble's vectorised evaluation did not compile (RuntimeError: "
                    "Unsupported: a construct the compiler cannot trace); evaluating it eagerly"]
+
+
+def test_counting_the_forward_pass_imports_no_module():
+    # a dispatch mode would import torch's symbolic machinery (sympy, dynamo): 70 MB in every run
+    code = ("import sys, torch; from gflow.compilation import elements_per_point; net = torch.nn.Linear(4, 3); "
+            "x = torch.randn(10, 4); net(x); before = set(sys.modules); elements_per_point(net, x); "
+            "print(sorted(set(sys.modules) - before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
