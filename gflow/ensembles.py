@@ -35,6 +35,7 @@ from .errors import ConfigError, GflowError
 from .manifest import Manifest
 from .references import check_trusted
 from .run import Interrupted, SignalStop
+from .store import TrajectoryFile
 from .sweep import Sweep, run_one
 from .threads import ENV as THREADS_ENV
 from .threads import threads_env, torch_threads
@@ -124,7 +125,7 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
 
     signals = SignalStop()
     # Every member's run sets torch's (process-wide) thread count: to one number, chosen here.
-    with torch_threads(members[0][1].threads) as threads, threads_env(threads), signals.installed():
+    with torch_threads(_threads(members)) as threads, threads_env(threads), signals.installed():
         workers = [threading.Thread(target=member, args=(slot, *m), name=f"gflow member {m[0]}", daemon=True)
                    for slot, m in enumerate(members)]
         for worker in workers:
@@ -135,6 +136,19 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
     if signals.signame:
         raise Interrupted(signals.signame)
     return [results[name] for name, _, _ in members]
+
+
+def _threads(members: list[tuple[str, RunConfig, Path]]) -> int | None:
+    """The torch threads of members integrated together: their config's, else those the
+    first member file already there was created with (a resumed ensemble's batched products
+    round as they did before: :attr:`TrajectoryFile.threads`), else None (the default)."""
+    for _, _, path in members:
+        if path.is_file():
+            try:
+                return TrajectoryFile(path).threads
+            except GflowError:  # a damaged member is the member's own failure, reported as it runs
+                continue
+    return members[0][1].threads
 
 
 def run_group(group: tuple[tuple[str, str], ...], threads: int | None = None) -> list[dict[str, str]]:

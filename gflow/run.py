@@ -186,7 +186,7 @@ def resume(path: str | Path, *, model: nn.Module | None = None, data: DataArg | 
     lock = RunLock(path)  # before touching the file: no live writer may hold it
     try:
         repair_truncated(path)
-        with torch_threads(TrajectoryFile(path).config.threads):
+        with torch_threads(TrajectoryFile(path).threads):  # those it was created with: bitwise
             return _resume(path, lock, {"model": model, "data": data, "loss": loss, "trust_code": trust_code},
                            max_steps, max_wall, progress)
     finally:

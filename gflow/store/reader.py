@@ -8,7 +8,9 @@ loss are known here only by their recorded descriptions. Analysis that needs the
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +57,23 @@ class TrajectoryFile:
         and (version 4) the model, data and loss descriptions as JSON."""
         with self._file() as f:
             return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads to resume the run with: its config's, else the number it was
+        created with (recorded in ``versions``; at most this machine's cores, since the file
+        is input), None where neither says. The same number keeps a resumed run bitwise
+        itself: a vectorised ensemble's batched products round differently at another
+        (measured: one save of three members changed when resumed at 2 threads after 1)."""
+        if self.config.threads:
+            return self.config.threads
+        try:
+            recorded = json.loads(self.attrs.get("versions", "{}")).get("threads")
+        except (TypeError, ValueError, AttributeError):
+            return None
+        if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+            return None
+        return min(recorded, os.cpu_count() or 1)
 
     @property
     def format_version(self) -> int:

@@ -271,6 +271,36 @@ seed = [0, 1, 2, 3]
     assert sorted(gflow.catalog(runs)["status"]) == ["finished"] * 4
 
 
+def test_a_worker_killed_in_a_grouped_ensemble_loses_its_members_and_a_rerun_finishes_them(tmp_path, capsys):
+    flag = tmp_path / "killed-once"
+    (tmp_path / "s.toml").write_text(f"""
+[base]
+ptr = 30
+pte = 10
+t_end = 2.0
+saves = 3
+ensemble_eval = "vmap"
+model = "tests.gflow.usercode:dies_once"
+model_args = {{ flag = "{flag}" }}
+
+[grid]
+seed = [0, 1, 2]
+""")
+    runs = tmp_path / "runs"
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
+    assert code == 1 and flag.exists(), err
+    assert "Traceback" not in err and "BrokenProcessPool" not in out + err
+    assert "its worker process died" in out
+    # The member whose model killed the group's worker is lost; those it had not started
+    # yet went to a fresh worker (which members had started depends on their threads).
+    statuses = list(gflow.catalog(runs)["status"])
+    assert "lost" in statuses and set(statuses) <= {"lost", "finished"} and len(statuses) == 3
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
+    assert code == 0 and "3 runs: 3 finished" in out, err
+    table = gflow.catalog(runs)
+    assert sorted(table["status"]) == ["finished"] * 3 and sorted(table["seed"]) == [0, 1, 2]
+
+
 def test_a_run_that_fails_before_its_file_exists_is_on_record(tmp_path, capsys):
     (tmp_path / "s.toml").write_text("""
 [base]
