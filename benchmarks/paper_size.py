@@ -12,7 +12,8 @@ Prints the wall time per member-run for each (h, alpha) and in all (the runs' ow
 re-run that finds them finished reports them too), the cost of one
 evaluation at the full size for each h, and an estimate of the full size's time on this
 device (each h's cost per evaluation times the evaluations each member needed in this
-invocation, summed over the grid: exact when this run is the full size). Writes
+invocation, summed over the grid: exact when this run is the full size; each evaluation
+as the run makes it, compiled from h = 300 on under gflow.compilation's rule). Writes
 ``DIR/paper_size.json`` with the numbers and three figures: the kernel change against
 sqrt(h) alpha (``kernel_change.png``), the test error against sqrt(h) alpha
 (``test_error.png``), and the mean predictor's test error and the fluctuations delta F
@@ -34,9 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import gflow
-from gflow.bench import raw_cost
 from gflow.data import DEFAULT_DIRS
 from gflow.plots import plot
 
@@ -53,11 +54,21 @@ def sweep_of(size: dict, device: str) -> gflow.Sweep:
                                         "seed": list(range(size["seeds"]))})
 
 
-def per_evaluation(size: dict, width: int, device: str) -> float:
-    """Seconds of one evaluation at ``size``'s training set and width ``width``."""
+def per_evaluation(size: dict, width: int, device: str) -> tuple[float, bool]:
+    """Seconds of one evaluation of the run's own vector field at ``size``'s training set
+    and width ``width`` (median of 3, after one that compiles where the run would:
+    gflow.compilation), and whether it is compiled."""
     cfg = gflow.RunConfig(dataset="fashion-mnist", labels="halves", ptr=size["ptr"], pte=10, depth=3, width=width,
                           device=device)
-    return raw_cost(gflow.build(cfg), repeats=3)
+    flow = gflow.build(cfg)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        flow.evaluate(0.0, flow.y0)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:])), flow.compiles
 
 
 def main() -> None:
@@ -86,7 +97,8 @@ def main() -> None:
                                                      t=("t", "mean"), wall=("wall", "mean"),
                                                      train_err=("train_err", "mean"))
     print(groups.to_string(float_format=lambda v: f"{v:.3g}"))
-    full_cost = {h: per_evaluation(FULL, h, args.device) for h in FULL["widths"]}
+    measured = {h: per_evaluation(FULL, h, args.device) for h in FULL["widths"]}
+    full_cost = {h: cost for h, (cost, _) in measured.items()}
     # Each full-size member needs as many evaluations as this invocation's members of the
     # nearest width and the same alpha needed (exact when this is the full size).
     evals = finished.groupby(["width", "alpha"])["evals"].mean()
@@ -96,14 +108,16 @@ def main() -> None:
         for alpha in size["alphas"]:
             estimate += FULL["seeds"] * full_cost[h] * float(evals.get((nearest, float(alpha)), np.nan))
     estimate *= len(FULL["alphas"]) / len(size["alphas"])
-    print("one evaluation at 10,000 points: " + ", ".join(f"h = {h}: {c:.2f} s" for h, c in full_cost.items()))
+    print("one evaluation at 10,000 points: " + ", ".join(
+        f"h = {h}: {c:.2f} s{' (compiled)' if compiled else ''}" for h, (c, compiled) in measured.items()))
     print(f"estimated full size ({len(FULL['alphas'])} alphas x {len(FULL['widths'])} widths x {FULL['seeds']} seeds) "
           f"on {args.device}: {estimate / 3600:.1f} hours of evaluations")
     figures = {kind: str(plot(out, kind, out / f"{kind.replace('-', '_')}.png"))
                for kind in ("kernel-change", "test-error", "ensemble")}
     numbers = {"size": "reduced" if args.reduced else "full", "device": args.device, "wall_s": wall,
                "member_runs": len(results), "finished": int(len(finished)), "wall_per_member_run_s": per_run,
-               "per_evaluation_full_s": full_cost, "estimated_full_hours": estimate / 3600,
+               "per_evaluation_full_s": full_cost, "compiled_full": {h: c for h, (_, c) in measured.items()},
+               "estimated_full_hours": estimate / 3600,
                "groups": groups.reset_index().to_dict(orient="records"), "figures": figures}
     (out / "paper_size.json").write_text(json.dumps(numbers, indent=1, default=float) + "\n")
     print(f"wrote {out / 'paper_size.json'} and {', '.join(figures.values())}")
