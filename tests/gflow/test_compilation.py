@@ -82,13 +82,7 @@ def test_a_compiled_ensembles_vectorised_evaluation_equals_the_eager_one_to_roun
             assert torch.allclose(x, y, rtol=1e-13, atol=1e-15)
 
 
-def test_an_ensemble_that_does_not_compile_is_vectorised_eagerly_after_one_note(monkeypatch, capsys):
-    def refuse(fn, **kwargs):
-        def broken(*args, **kw):
-            raise RuntimeError("Unsupported: a construct the compiler cannot trace\nmore detail")
-        return broken
-
-    monkeypatch.setattr(torch, "compile", refuse)
+def test_an_ensemble_that_does_not_compile_is_vectorised_eagerly_after_one_note(uncompilable, capsys):
     cfg = RunConfig(**SMALL)
     eager = [gflow.build(cfg.replace(seed=s)) for s in range(2)]
     compiled = [gflow.build(cfg.replace(seed=s, compile=True)) for s in range(2)]

@@ -287,13 +287,7 @@ def test_a_compiled_run_is_bitwise_itself(tmp_path):
     assert a.summary()["evals"] == b.summary()["evals"]
 
 
-def test_a_model_that_does_not_compile_falls_back_to_eager_with_one_note(monkeypatch, capsys):
-    def refuse(fn, **kwargs):
-        def broken(*args, **kw):
-            raise RuntimeError("Unsupported: a construct the compiler cannot trace\nmore detail")
-        return broken
-
-    monkeypatch.setattr(torch, "compile", refuse)
+def test_a_model_that_does_not_compile_falls_back_to_eager_with_one_note(uncompilable, capsys):
     cfg = RunConfig(**SMALL)
     eager, compiled = gflow.build(cfg), gflow.build(cfg.replace(compile=True))
     for _ in range(2):

@@ -242,7 +242,9 @@ def test_a_sweep_over_a_factory_models_arguments_runs_on_every_engine(tmp_path, 
 
 # --- sweeps that lose nothing ----------------------------------------------------------------------
 
-def test_a_killed_worker_is_reported_lost_and_the_sweep_goes_on_then_finishes_when_run_again(tmp_path, capsys):
+def _dies_once(tmp_path, method: str, seeds: list[int]):
+    """A sweep over seeds whose model kills its worker process the first time it is built;
+    the flag file that says it has."""
     flag = tmp_path / "killed-once"
     (tmp_path / "s.toml").write_text(f"""
 [base]
@@ -250,13 +252,18 @@ ptr = 30
 pte = 10
 t_end = 2.0
 saves = 3
-solver = "gradient-ratio"
+{method}
 model = "tests.gflow.usercode:dies_once"
 model_args = {{ flag = "{flag}" }}
 
 [grid]
-seed = [0, 1, 2, 3]
+seed = {seeds}
 """)
+    return flag
+
+
+def test_a_killed_worker_is_reported_lost_and_the_sweep_goes_on_then_finishes_when_run_again(tmp_path, capsys):
+    flag = _dies_once(tmp_path, 'solver = "gradient-ratio"', [0, 1, 2, 3])
     runs = tmp_path / "runs"
     code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
     assert code == 1 and flag.exists(), err
@@ -272,20 +279,7 @@ seed = [0, 1, 2, 3]
 
 
 def test_a_worker_killed_in_a_grouped_ensemble_loses_its_members_and_a_rerun_finishes_them(tmp_path, capsys):
-    flag = tmp_path / "killed-once"
-    (tmp_path / "s.toml").write_text(f"""
-[base]
-ptr = 30
-pte = 10
-t_end = 2.0
-saves = 3
-ensemble_eval = "vmap"
-model = "tests.gflow.usercode:dies_once"
-model_args = {{ flag = "{flag}" }}
-
-[grid]
-seed = [0, 1, 2]
-""")
+    flag = _dies_once(tmp_path, 'ensemble_eval = "vmap"', [0, 1, 2])  # the seeds: one ensemble, one task
     runs = tmp_path / "runs"
     code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", runs, "--workers", "1")
     assert code == 1 and flag.exists(), err
