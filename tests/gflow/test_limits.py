@@ -38,3 +38,25 @@ def test_growth_within_the_slack_releases_nothing(monkeypatch):
     release.slack = -1
     release.on_step(None)
     assert calls == [0]
+
+
+@glibc
+def test_releases_keep_to_their_time_budget_on_one_clock_for_every_observer(monkeypatch):
+    calls, clock = [], [100.0]
+
+    def trim(pad: int) -> None:  # a release that takes 1 ms
+        calls.append(pad)
+        clock[0] += 1e-3
+
+    monkeypatch.setattr("gflow.limits._malloc_trim", lambda: trim)
+    monkeypatch.setattr("gflow.limits.time.monotonic", lambda: clock[0])
+    a, b = ReleaseFreedMemory(slack=-1, budget=0.01), ReleaseFreedMemory(slack=-1, budget=0.01)
+    a.on_step(None)
+    assert calls == [0]
+    clock[0] += 0.09  # within (1 ms + the pages given back) / 1%: no release, by either observer
+    a.on_step(None)
+    b.on_step(None)
+    assert calls == [0]
+    clock[0] += 10.0
+    b.on_step(None)
+    assert calls == [0, 0]
