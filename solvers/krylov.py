@@ -77,11 +77,13 @@ class JacobianKrylov:
         # Room for the dimension expected (the caller's guess: the previous step's) and its
         # next vector, so that the basis is seldom copied, nor held twice while it grows.
         rows = min(max(expected_dim, 1) + 1, max_dim + 1)
-        if reuse is not None and len(reuse._rows) >= rows and reuse._rows.shape[1] == b.numel():
-            # A space done with lends its matrix: its pages are resident already, where a new
-            # one's would be faulted in afresh (a basis larger than glibc's mmap threshold,
-            # 32 MB, is mapped anew each step).
-            self._rows = reuse._rows
+        old = None if reuse is None else reuse._rows
+        if old is not None and len(old) >= rows and old.shape[1] == b.numel() and (old.dtype, old.device) == (
+                b.dtype, b.device):
+            # A space done with (``reuse``: its basis is overwritten) lends its matrix: its
+            # pages are resident already, where a new one's would be faulted in afresh (a
+            # basis larger than glibc's mmap threshold, 32 MB, is mapped anew each step).
+            self._rows = old
         else:
             self._rows = b.new_empty((rows, b.numel()))
         self.size = 0  # basis vectors held: dim, or dim + 1 (the next product's direction)

@@ -74,6 +74,27 @@ def test_arnoldi_relation_holds_and_the_basis_is_orthonormal():
     assert torch.allclose(a @ v[:12].T, v.T @ h, atol=1e-6 * float(a.norm()))
 
 
+def test_a_space_that_reuses_a_finished_ones_matrix_is_bitwise_a_fresh_one():
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(30, 30, generator=gen, dtype=torch.float64)
+    problem = CountingProblem(_linear(a))
+    first = problem.evaluate(0.0, torch.randn(30, generator=gen, dtype=torch.float64))
+    ev = problem.evaluate(0.0, torch.randn(30, generator=gen, dtype=torch.float64))
+    done = JacobianKrylov(problem, first, first.dydt, max_dim=9)
+    while done.extend():
+        pass
+    matrix = done._rows
+    reused = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=5, reuse=done)
+    fresh = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=5)
+    while reused.extend() and fresh.extend():
+        pass
+    assert reused._rows is matrix and fresh._rows is not matrix  # no new matrix, its pages resident
+    assert torch.equal(reused.basis, fresh.basis)
+    assert np.array_equal(reused.hessenberg, fresh.hessenberg)
+    narrow = JacobianKrylov(problem, ev, ev.dydt.float(), max_dim=9, reuse=done)  # another dtype: its own
+    assert narrow._rows is not matrix and narrow._rows.dtype == torch.float32
+
+
 def test_krylov_space_of_a_small_system_stops_at_its_invariant_dimension():
     problem = CountingProblem(_linear(_symmetric(torch.tensor([-1.0, -2.0, -3.0, -4.0], dtype=torch.float64))))
     ev = problem.evaluate(0.0, torch.ones(4, dtype=torch.float64))
