@@ -118,11 +118,14 @@ def measure(label: str, fields: dict, rounds: int) -> dict[str, float]:
                 times[name].append(time.perf_counter() - start)
     ms = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     # n A, the forward elements per evaluation by which compile = None decides (gflow.compilation)
-    elements = len(eager.x_train) * elements_per_point(lambda x: eager.model(eager.w0, x), eager.x_train)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return eager.model(eager.w0, x)
+
+    elements = len(eager.x_train) * elements_per_point(forward, eager.x_train)
     row = {"network": label, "parameters": len(eager.w0), "elements": elements, "compile_s": compile_s,
            **{f"{k}_ms": v for k, v in ms.items()}, "eager_over_compiled": ms["eager"] / ms["compiled"],
            "saved_ns_per_element": (ms["eager"] - ms["compiled"]) * 1e6 / elements,
-           "compiled_by_default": decide(None, lambda x: eager.model(eager.w0, x), eager.x_train)}
+           "compiled_by_default": decide(None, forward, eager.x_train)}
     if "jax" in ms:
         row["eager_over_jax"] = ms["eager"] / ms["jax"]
         row["compiled_over_jax"] = ms["compiled"] / ms["jax"]
