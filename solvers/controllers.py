@@ -232,7 +232,8 @@ class LocalError:
         if self.origin is None:
             scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
             return float((est / scale).pow(2).mean().sqrt())
-        moved = max(float((y - self.origin).pow(2).mean().sqrt()) for y in (before.y, after.y))
+        # squared in place: one temporary of the state's size, not two
+        moved = max(float(torch.sub(y, self.origin).square_().mean().sqrt()) for y in (before.y, after.y))
         return float(est.pow(2).mean().sqrt()) / (self.atol + self.rtol * moved)
 
     def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:

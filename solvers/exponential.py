@@ -177,10 +177,10 @@ class ExponentialRosenbrock:
         if self._space is None or self._space.ev is not ev:  # a retry keeps its space
             # The last step's space, remainders and start are done with: not held through this
             # step (at a million parameters, 15 state-sized vectors of a run's peak); its
-            # matrix is reused. The new space is sized for the last step's dimension and two
-            # more (m grows slowly along a run).
+            # matrix is reused. The new space is sized for the last step's dimension and one
+            # more (m changes by a row or two between steps, and a basis grows when full).
             done, self._space, self._error, self._dense = self._space, None, None, None
-            self._space = JacobianKrylov(problem, ev, ev.dydt, self.max_krylov, expected_dim=self.krylov + 2,
+            self._space = JacobianKrylov(problem, ev, ev.dydt, self.max_krylov, expected_dim=self.krylov + 1,
                                          reuse=done)
             del done
         space = self._space
@@ -214,11 +214,15 @@ class ExponentialRosenbrock:
         # y_{n+1} minus the embedded solution: h sum_i ((alpha_i - e_i) phi_3 + beta_i phi_4) D_i,
         # plus the Krylov coefficients' last change; both vectors in one pass over the basis.
         error = h * ((a2 - e2) * p2[:, 2] + b2 * p2[:, 3] + (a3 - e3) * p3[:, 2] + b3 * p3[:, 3]) + change
-        step, estimate = space.combine(np.stack([inside, error], axis=1))
-        estimate.add_(o2, alpha=h * ((a2 - e2) / 6 + b2 / 24)).add_(o3, alpha=h * ((a3 - e3) / 6 + b3 / 24))
+        pair = space.combine(np.stack([inside, error], axis=1))
+        estimate = pair[1].add_(o2, alpha=h * ((a2 - e2) / 6 + b2 / 24)).add_(o3, alpha=h * ((a3 - e3) / 6 + b3 / 24))
         self._error = (ev, dt, estimate)
         self._dense = (ev, dt, space, d2, d3, scheme)
-        return step.add_(ev.y).add_(o2, alpha=h * (a2 / 6 + b2 / 24)).add_(o3, alpha=h * (a3 / 6 + b3 / 24))
+        # y_{n+1} gets storage of its own: a row of ``pair`` would keep the estimate's row
+        # alive for as long as y_{n+1} lives (through the next step), where the estimate
+        # is freed once the controller has read it (error_estimate hands it over).
+        step = torch.add(pair[0], ev.y)
+        return step.add_(o2, alpha=h * (a2 / 6 + b2 / 24)).add_(o3, alpha=h * (a3 / 6 + b3 / 24))
 
     def diagnostics(self) -> dict[str, float]:
         """What the last step's Krylov space tells for free: ``ritz_max``, the largest
@@ -233,10 +237,13 @@ class ExponentialRosenbrock:
 
     def error_estimate(self, before: Evaluation, after: Evaluation, h: float) -> torch.Tensor:
         """The local error estimate of the step just taken from ``before`` with size h:
-        12 h phi_4(h J) (D_3 - 4 D_2), plus the Krylov coefficients' last change if unconverged."""
+        12 h phi_4(h J) (D_3 - 4 D_2), plus the Krylov coefficients' last change if unconverged.
+        Handed over: the stepper keeps no reference, so that the vector is freed once the
+        caller is done with it; asked again, it raises."""
         if self._error is None or self._error[0] is not before or self._error[1] != h:
-            raise RuntimeError("error_estimate asks about a step this stepper did not just take")
-        return self._error[2]
+            raise RuntimeError("error_estimate asks about a step this stepper did not just take (once per step)")
+        estimate, self._error = self._error[2], None
+        return estimate
 
     def interpolant(self, before: Evaluation, after: Evaluation, h: float) -> Interpolant:
         """The continuous output of the step just taken from ``before`` to ``after``. With

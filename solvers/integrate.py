@@ -164,7 +164,12 @@ def integrate(
             save(ev.t, ev.y, ev.dydt, ev, ev, dt)
         while stop is None:
             target = t_end if interpolating or not pending else pending[0]
-            ev, dt, stop = method.advance(counting, ev, target, dt, on_step)
+            # The method gets the only reference to the segment's first evaluation (a
+            # function argument taken from a container is not held by this frame), so that
+            # it is freed once stepped past: an interpolating method's one segment is the
+            # whole run, and a network's evaluation holds state-sized vectors.
+            segment, ev = [ev], None
+            ev, dt, stop = method.advance(counting, segment.pop(), target, dt, on_step)
             ev = located or ev
             hit = not interpolating and bool(pending) and ev.t == pending[0]
             if hit:

@@ -43,6 +43,10 @@ def phi_vectors(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return scipy.linalg.expm(aug)[:m, m:]
 
 
+GROWTH = 2
+"""Rows a full basis grows by; a finished space's matrix is reused while it has at most
+this many rows more than the next space expects to need."""
+
 CANCELLATION = 100.0
 """A Gram-Schmidt pass that shrinks the vector by more than this factor is repeated."""
 
@@ -64,8 +68,8 @@ class JacobianKrylov:
     repeated), and the second pass, when taken anyway, corrected the vector by 4e-15-1.4e-14
     of its size (median), 1.3e-13 at most.
 
-    The basis lives in the rows of one matrix, sized for ``expected_dim`` and doubled when
-    full: V_m is a view, never a copy (restacking a list of m vectors after each product
+    The basis lives in the rows of one matrix, sized for ``expected_dim`` and grown by
+    ``GROWTH`` rows when full: V_m is a view, never a copy (restacking a list of m vectors after each product
     was 5% of a run at a million parameters), and the orthogonalisation works in place,
     allocating nothing of the state's size.
     """
@@ -74,17 +78,20 @@ class JacobianKrylov:
                  expected_dim: int = 7, reuse: JacobianKrylov | None = None) -> None:
         self.problem, self.ev, self.max_dim = problem, ev, max_dim
         self.norm_b = float(b.norm())
-        # Room for the dimension expected (the caller's guess: the previous step's) and its
-        # next vector, so that the basis is seldom copied, nor held twice while it grows.
+        # Room for the dimension expected (the caller's guess) and its next vector.
         rows = min(max(expected_dim, 1) + 1, max_dim + 1)
         old = None if reuse is None else reuse._rows
-        if old is not None and len(old) >= rows and old.shape[1] == b.numel() and (old.dtype, old.device) == (
-                b.dtype, b.device):
+        if old is not None and rows <= len(old) <= rows + GROWTH and old.shape[1] == b.numel() and (
+                old.dtype, old.device) == (b.dtype, b.device):
             # A space done with (``reuse``: its basis is overwritten) lends its matrix: its
             # pages are resident already, where a new one's would be faulted in afresh (a
             # basis larger than glibc's mmap threshold, 32 MB, is mapped anew each step).
+            # Not a much larger one: its spare rows would be held through every step (at a
+            # million parameters, 12 rows where m ~ 6 needed 8: 35 MB of the run's peak).
             self._rows = old
         else:
+            if reuse is not None:
+                reuse._rows = None  # freed before the new one is made: not both held at once
             self._rows = b.new_empty((rows, b.numel()))
         self.size = 0  # basis vectors held: dim, or dim + 1 (the next product's direction)
         if self.norm_b > 0:
@@ -105,9 +112,11 @@ class JacobianKrylov:
         return self.dim == self.size
 
     def _next_row(self) -> torch.Tensor:
-        """The row the next basis vector goes to, the capacity doubled when full."""
+        """The row the next basis vector goes to, ``GROWTH`` rows added when full (m
+        changes by a row or two between steps, so a doubled basis would mostly hold
+        unused rows; a growth copies the basis once)."""
         if self.size == len(self._rows):
-            grown = self._rows.new_empty((min(2 * self.size, self.max_dim + 1), self._rows.shape[1]))
+            grown = self._rows.new_empty((min(self.size + GROWTH, self.max_dim + 1), self._rows.shape[1]))
             grown[: self.size] = self._rows
             self._rows = grown
         return self._rows[self.size]

@@ -19,7 +19,7 @@ from solvers import (
     LocalError,
     integrate,
 )
-from solvers.krylov import JacobianKrylov, phi_vectors
+from solvers.krylov import GROWTH, JacobianKrylov, phi_vectors
 
 from .problems import oscillator, oscillator_solution
 
@@ -84,8 +84,8 @@ def test_a_space_that_reuses_a_finished_ones_matrix_is_bitwise_a_fresh_one():
     while done.extend():
         pass
     matrix = done._rows
-    reused = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=5, reuse=done)
-    fresh = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=5)
+    reused = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=8, reuse=done)
+    fresh = JacobianKrylov(problem, ev, ev.dydt, max_dim=9, expected_dim=8)
     while reused.extend() and fresh.extend():
         pass
     assert reused._rows is matrix and fresh._rows is not matrix  # no new matrix, its pages resident
@@ -93,6 +93,24 @@ def test_a_space_that_reuses_a_finished_ones_matrix_is_bitwise_a_fresh_one():
     assert np.array_equal(reused.hessenberg, fresh.hessenberg)
     narrow = JacobianKrylov(problem, ev, ev.dydt.float(), max_dim=9, reuse=done)  # another dtype: its own
     assert narrow._rows is not matrix and narrow._rows.dtype == torch.float32
+
+
+def test_a_space_does_not_keep_a_much_larger_finished_matrix_and_frees_it_first():
+    # A matrix with more than GROWTH spare rows would hold them through every step: the
+    # new space makes its own, and the finished space lets go of its matrix before.
+    gen = torch.Generator().manual_seed(5)
+    problem = CountingProblem(_linear(torch.randn(30, 30, generator=gen, dtype=torch.float64)))
+    ev = problem.evaluate(0.0, torch.randn(30, generator=gen, dtype=torch.float64))
+    done = JacobianKrylov(problem, ev, ev.dydt, max_dim=12)
+    while done.extend():
+        pass
+    assert len(done._rows) == 13
+    small = JacobianKrylov(problem, ev, ev.dydt, max_dim=12, expected_dim=3, reuse=done)
+    assert len(small._rows) == 4 and done._rows is None
+    capacities = {len(small._rows)}
+    while small.extend():
+        capacities.add(len(small._rows))
+    assert sorted(capacities) == [4, 4 + GROWTH, 4 + 2 * GROWTH, 4 + 3 * GROWTH, 4 + 4 * GROWTH, 13] and small.dim == 12
 
 
 def test_krylov_space_of_a_small_system_stops_at_its_invariant_dimension():
@@ -260,6 +278,21 @@ def test_error_estimate_refuses_a_step_it_did_not_take():
     y = stepper.step(ev, 0.1, problem)
     with pytest.raises(RuntimeError, match="did not just take"):
         stepper.error_estimate(ev, problem.evaluate(0.2, y), 0.2)
+
+
+def test_error_estimate_is_handed_over_once_and_y_next_does_not_share_its_storage():
+    # The stepper keeps no reference to its estimate (freed once the controller has read
+    # it), and y_{n+1}, which lives through the next step, holds no storage of it.
+    problem = CountingProblem(_linear(_symmetric(-torch.logspace(-1, 2, 8, dtype=torch.float64))))
+    ev = problem.evaluate(0.0, torch.ones(8, dtype=torch.float64))
+    stepper = ExponentialRosenbrock()
+    y = stepper.step(ev, 0.1, problem)
+    after = problem.evaluate(0.1, y)
+    estimate = stepper.error_estimate(ev, after, 0.1)
+    assert y.untyped_storage().nbytes() == y.numel() * y.element_size()
+    assert y.untyped_storage().data_ptr() != estimate.untyped_storage().data_ptr()
+    with pytest.raises(RuntimeError, match="once per step"):
+        stepper.error_estimate(ev, after, 0.1)
 
 
 def test_a_state_at_rest_stays_there_at_no_cost():
