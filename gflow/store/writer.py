@@ -129,7 +129,8 @@ class TrajectoryWriter(Observer):
         self._last_row_state = False  # whether the last save row written holds its state
         self._last_row: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
-        self._w0_layers = [flow.w0[s] for s in flow.model.layers.values()]
+        # Each layer's initial weights and their norm (computed once, not at every save).
+        self._w0_layers = [(flow.w0[s], flow.w0[s].norm()) for s in flow.model.layers.values()]
         self._hessian_vectors: np.ndarray | None = None  # the last save's, to start the next Lanczos
         # The central flow stores the top of the spectrum it tracks: two eigenvalues unless asked for more.
         self._hessian_k = flow.cfg.hessian_k or (2 if flow.cfg.flow == "central" else 0)
@@ -402,7 +403,8 @@ class TrajectoryWriter(Observer):
             train_loss = flow.loss(f_train, "train") + float(flow.penalty(w))  # the objective L, decay included
             grad_norm = flow.gradient_norm(record.y, record.dydt)
         f_test = flow.outputs(w, flow.x_test)
-        change = [float((w[s] - w0).norm() / w0.norm()) for s, w0 in zip(flow.model.layers.values(), self._w0_layers)]
+        change = [float((w[s] - w0).norm() / norm0)
+                  for s, (w0, norm0) in zip(flow.model.layers.values(), self._w0_layers)]
         scalars = {
             "t": record.t, "step": record.steps, "evals": record.evals, "wall": record.wall,
             "dt": np.nan if record.dt is None else record.dt,

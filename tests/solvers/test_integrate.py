@@ -115,3 +115,34 @@ def test_fixed_steps_keep_their_size_when_they_land_on_save_times():
     for _ in range(200):
         y = torch.add(y, -torch.sin(3 * y) - y**3, alpha=0.1)
     assert solution.counters.steps == 200 and torch.equal(solution.y, y)
+
+
+def test_an_interpolating_method_does_not_keep_the_first_evaluation_alive_past_its_step():
+    # The one segment of an interpolating method is the whole run: the entry point must not
+    # hold the evaluation it started from (for a network, state-sized vectors) through it.
+    import gc
+    import weakref
+
+    from solvers import ExponentialRosenbrock, LocalError
+
+    made = []
+
+    class Tracked(FunctionProblem):
+        def evaluate(self, t, y):
+            ev = super().evaluate(t, y)
+            made.append(weakref.ref(ev))
+            return ev
+
+    alive_at_step = []
+
+    class Probe(Observer):
+        def on_step(self, record):
+            gc.collect()
+            alive_at_step.append(made[0]() is not None)
+
+    stepper = ExponentialRosenbrock()
+    method = Adaptive(stepper, LocalError(1e-6, 1e-9, estimate=stepper.error_estimate, order=3), dt0=0.1)
+    integrate(Tracked(lambda t, y: -y), torch.ones(4, dtype=torch.float64), (0.0, 5.0), method, observers=[Probe()])
+    assert len(alive_at_step) >= 4
+    # Still held while its own step is reported (the step's start), released from the next on.
+    assert alive_at_step[0] and not any(alive_at_step[1:])
