@@ -69,9 +69,9 @@ class JacobianKrylov:
     of its size (median), 1.3e-13 at most.
 
     The basis lives in the rows of one matrix, sized for ``expected_dim`` and grown by
-    ``GROWTH`` rows when full: V_m is a view, never a copy (restacking a list of m vectors after each product
-    was 5% of a run at a million parameters), and the orthogonalisation works in place,
-    allocating nothing of the state's size.
+    ``GROWTH`` rows when full: V_m is a view, never a copy (restacking a list of m vectors
+    after each product was 5% of a run at a million parameters), and the orthogonalisation
+    works in place, allocating nothing of the state's size.
     """
 
     def __init__(self, problem: CountingProblem, ev: Evaluation, b: torch.Tensor, max_dim: int,
@@ -91,7 +91,7 @@ class JacobianKrylov:
             self._rows = old
         else:
             if reuse is not None:
-                reuse._rows = None  # freed before the new one is made: not both held at once
+                reuse.release()  # before the new one is made: not both held at once
             self._rows = b.new_empty((rows, b.numel()))
         self.size = 0  # basis vectors held: dim, or dim + 1 (the next product's direction)
         if self.norm_b > 0:
@@ -100,6 +100,11 @@ class JacobianKrylov:
         self.hessenberg = np.zeros((max_dim + 1, max_dim))
         self.dim = 0  # m: the basis vectors whose products J v are known
         self._step = math.sqrt(torch.finfo(ev.y.dtype).eps) * max(1.0, float(ev.y.norm()))
+
+    def release(self) -> None:
+        """Let go of the basis' matrix: for a space done with (it has no basis after)."""
+        self._rows = self._rows.new_empty((0, self._rows.shape[1]))
+        self.size = self.dim = 0
 
     @property
     def basis(self) -> torch.Tensor:
