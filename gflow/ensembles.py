@@ -142,13 +142,15 @@ def _threads(members: list[tuple[str, RunConfig, Path]]) -> int | None:
     """The torch threads of members integrated together: their config's, else those the
     first member file already there was created with (a resumed ensemble's batched products
     round as they did before: :attr:`TrajectoryFile.threads`), else None (the default)."""
+    if members[0][1].threads:
+        return members[0][1].threads
     for _, _, path in members:
         if path.is_file():
             try:
                 return TrajectoryFile(path).threads
             except GflowError:  # a damaged member is the member's own failure, reported as it runs
                 continue
-    return members[0][1].threads
+    return None
 
 
 def run_group(group: tuple[tuple[str, str], ...], threads: int | None = None) -> list[dict[str, str]]:
