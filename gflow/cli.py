@@ -143,7 +143,7 @@ def _describe_sources(traj: Any) -> list[str]:
             f" {json.dumps(model['args'])}" if model.get("args") else "")
         model_line = f"{model.get('class', '?')} from {where}, seed={cfg.seed}"
     outputs = model.get("outputs", 1)
-    model_line += f", {traj.attrs['n_params']} parameters" + (f", {outputs} outputs" if outputs > 1 else "")
+    model_line += f", {traj.n_params} parameters" + (f", {outputs} outputs" if outputs > 1 else "")
     loss_line = f"{loss.get('name', cfg.loss)} alpha={cfg.alpha:g}" + (" centred" if cfg.centered else "")
     if cfg.weight_decay:
         loss_line += f", weight decay {cfg.weight_decay:g}/2 |w - {'w0' if cfg.weight_decay_center == 'init' else '0'}|^2"

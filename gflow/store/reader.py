@@ -59,6 +59,13 @@ class TrajectoryFile:
             return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
 
     @property
+    def n_params(self) -> int:
+        """The network's number of parameters: the length of /init/w0 (the root attribute
+        ``n_params`` is optional, and checked equal to it when the file is opened)."""
+        with self._file() as f:
+            return int(f["init/w0"].shape[0])
+
+    @property
     def threads(self) -> int | None:
         """The torch threads to resume the run with: its config's, else the number it was
         created with (recorded in ``versions``; at most this machine's cores, since the file
@@ -215,9 +222,10 @@ class TrajectoryFile:
         size = self.path.stat().st_size
         n = len(self)
         forwards = self.read("saves/forwards") if self.has("saves/forwards") else np.zeros(0)
+        last = float(forwards[-1]) if len(forwards) else 0.0
         return {"bytes": size, "saves": n, "states": len(self.stored_states),
                 "bytes_per_save": size / n if n else math.nan,
-                "forwards": int(forwards[-1]) if len(forwards) else 0}
+                "forwards": int(last) if math.isfinite(last) else math.nan}  # a damaged file's NaN stays NaN
 
     def _stored(self, name: str, i: int) -> np.ndarray:
         n = len(self)
@@ -239,7 +247,7 @@ class TrajectoryFile:
         """The network parameters w at the i-th save, from its stored state (its first
         ``n_params`` numbers: a momentum state is (w, v)); no network needed. A save that
         stores no state is replayed by :meth:`gflow.Trajectory.weights`, which needs the network."""
-        return self.state(i)[: int(self.attrs["n_params"])]
+        return self.state(i)[: self.n_params]
 
     def parameters(self, i: int) -> dict[str, torch.Tensor]:
         """The network's parameter tensors at the i-th save, by name and shaped as the file

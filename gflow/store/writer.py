@@ -30,7 +30,7 @@ import torch
 
 from solvers import Observer, SaveRecord, StepRecord, Stop
 
-from ..errors import DiskFull, GflowError, RunBusy
+from ..errors import DiskFull, FileFormatError, GflowError, RunBusy
 from ..hessian import top_eigenvalues
 from ..kernels import ntk, relative_change
 from .format import (
@@ -149,6 +149,7 @@ class TrajectoryWriter(Observer):
                 rewrite_to_checkpoint(self.path, flow.cfg.to_json())
                 self.file = h5py.File(self.path, "r+", **WRITE_OPTIONS)
                 upgrade(self.file, sources(flow), flow.y0.cpu().numpy())
+                self._forwards = _forwards_so_far(self.file, self.path)
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
             else:
@@ -178,8 +179,6 @@ class TrajectoryWriter(Observer):
             self._lock.release()
             raise
         self._broken = False
-        if resume and len(self.file["saves/t"]):
-            self._forwards = int(self.file["saves/forwards"][-1]) if "forwards" in self.file["saves"] else 0
         self._set_status("running", "")
         self.file.swmr_mode = True
         if self._creating is not None:
@@ -511,6 +510,17 @@ def state_indices(flow: GradientFlow, scheduled: int) -> set[int]:
     per_state = len(flow.y0) * flow.w0.element_size() * (1 + flow.cfg.save_derivatives)
     k = flow.cfg.state_saves or max(2, STATE_BUDGET // per_state)
     return {int(i) for i in np.round(np.linspace(0, scheduled - 1, min(k, scheduled)))}
+
+
+def _forwards_so_far(f: h5py.File, path: Path) -> int:
+    """The forward passes of interpolated saves a file to be resumed counted so far (a
+    count: a damaged file's NaN or negative value is refused, not carried on)."""
+    if not len(f["saves/t"]) or "forwards" not in f["saves"]:
+        return 0
+    last = float(f["saves/forwards"][-1])
+    if not (math.isfinite(last) and last >= 0):
+        raise FileFormatError(f"{path}: saves/forwards should count forward passes, found {last:g}; cannot resume")
+    return int(last)
 
 
 def _out_of_space(e: BaseException) -> str | None:

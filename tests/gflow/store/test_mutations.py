@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import gflow
 from gflow import GflowError, RunConfig
+from gflow.store import TrajectoryFile
 
 from ..commands import gflow_cli
 
@@ -199,3 +200,23 @@ def test_mutated_files_give_clean_errors_and_never_take_their_neighbours_down(or
     assert after == outside, "something outside the mutant was written"
     assert victim.read_bytes() == b"v" * 4096
     assert not list(Path.cwd().glob("PWNED")) and not list(case.rglob("PWNED"))
+
+
+def test_found_by_the_mutations_a_nan_count_or_a_missing_n_params_gives_a_clean_answer(originals, tmp_path, capsys):
+    # Two files hypothesis made: forward-pass counts set to NaN (resume and storage() raised
+    # ValueError from int(nan)), and no n_params attribute (gflow show raised KeyError).
+    import shutil
+
+    import h5py
+
+    counts = shutil.copy(originals["stopped"], tmp_path / "counts.h5")
+    with h5py.File(counts, "r+") as f:
+        f["saves/forwards"][-1] = np.nan
+    assert np.isnan(TrajectoryFile(counts).storage()["forwards"])
+    code, _, err = gflow_cli(capsys, "run", "--resume", counts)
+    assert code != 0 and "saves/forwards should count forward passes, found nan" in err and "Traceback" not in err
+    bare = shutil.copy(originals["finished"], tmp_path / "bare.h5")
+    with h5py.File(bare, "r+") as f:
+        del f.attrs["n_params"]
+    code, out, _ = gflow_cli(capsys, "show", bare)
+    assert code == 0 and f"{TrajectoryFile(originals['finished']).n_params} parameters" in out
