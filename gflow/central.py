@@ -98,6 +98,8 @@ class ModifiedFlow(GradientFlow):
     """dw/dt = -(grad L + eta/2 H grad L): the modified flow of gradient descent at
     ``cfg.lr`` (module docstring). ``products`` counts the Hessian-vector products."""
 
+    grad_key = "grad"  # dy/dt is not -grad L here
+
     def __init__(self, cfg: RunConfig, model: FlatModel | Linearized, data: Dataset, loss_fn: Loss,
                  sources: dict | None = None) -> None:
         super().__init__(cfg, model, data, loss_fn, sources)
@@ -167,6 +169,8 @@ class CentralFlow(GradientFlow):
     sets the mode of a state an integration starts from. ``products`` counts the
     Hessian-vector products (``hvp``) and the backward passes through one (``third``).
     """
+
+    grad_key = "grad"  # dy/dt is not -grad L here
 
     def __init__(self, cfg: RunConfig, model: FlatModel | Linearized, data: Dataset, loss_fn: Loss,
                  sources: dict | None = None) -> None:

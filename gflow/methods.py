@@ -123,7 +123,7 @@ def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
     if cfg.solver == "chebyshev":
         return Adaptive(Chebyshev(seed=cfg.seed), LocalError(cfg.tolerance, cfg.atol, origin=flow.y0), dt0=cfg.dt0,
                         interpolates=dense)
-    bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha)
+    bounds = dict(max_dgrad=cfg.max_dgrad, max_dout=cfg.max_dout / cfg.alpha, grad_key=flow.grad_key)
     controller = GradientRatio(**bounds) if cfg.controller == "paper" else RatioTarget(**bounds)
     stepper = ExactMomentum(cfg.time_constant) if flow.momentum else Euler()
     return Adaptive(stepper, controller, dt0=cfg.dt0, interpolates=dense)

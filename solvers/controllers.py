@@ -83,10 +83,11 @@ def _measure(
     before: Evaluation, after: Evaluation, max_dgrad: float, max_dout: float, grad_key: str, out_key: str
 ) -> dict[str, float]:
     """The two ratios of seed 001's controller, each over its bound; NaN counts as exceeded."""
-    turn = gradient_turn(before.aux[grad_key], after.aux[grad_key], before.sq_norm(grad_key), after.sq_norm(grad_key))
+    turn = gradient_turn(before.value(grad_key), after.value(grad_key),
+                         before.sq_norm(grad_key), after.sq_norm(grad_key))
     ratios = {"dgrad": turn / max_dgrad}
     if math.isfinite(max_dout):
-        ratios["dout"] = largest_change(before.aux[out_key], after.aux[out_key]) / max_dout
+        ratios["dout"] = largest_change(before.value(out_key), after.value(out_key)) / max_dout
     return {k: (math.inf if math.isnan(v) else v) for k, v in ratios.items()}
 
 
@@ -111,6 +112,9 @@ class GradientRatio:
     of the original public implementation (mariogeiger/gradientflow, ``flow``), kept
     unchanged to reproduce the paper. For a network, ``max_dout`` is the paper's
     max_dout / alpha, so the bound acts on the centred output alpha (f - f0).
+    ``grad_key``, ``out_key``: the evaluation's values holding g and f
+    (:meth:`~solvers.problem.Evaluation.value`); r_grad is blind to the sign of g, so a
+    gradient flow names ``"dydt"`` (g = -dy/dt), with no copy of the gradient held.
     """
 
     max_dgrad: float = 1e-4
@@ -143,6 +147,7 @@ class RatioTarget:
     with that dt (cut by at most 10, like the paper's rule). This is the standard asymptotic step-size rule (Hairer, Norsett, Wanner,
     *Solving ODEs I*, II.4) applied to the paper's error indicators instead of an embedded
     error estimate; it avoids the paper rule's cycles of slow 1.1x growth and 10x cuts.
+    ``grad_key``, ``out_key``: as for :class:`GradientRatio`.
     """
 
     max_dgrad: float = 1e-4

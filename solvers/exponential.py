@@ -47,6 +47,7 @@ momentum flow (complex eigenvalues) it needed 1.2-1.3x more, so gflow keeps expr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,16 +197,27 @@ class ExponentialRosenbrock:
             if h * rho > self.stiff_limit:
                 scheme = self.stiff_scheme
 
-        def remainder(c: float, inside: np.ndarray, outside: torch.Tensor | float = 0.0) -> _Remainder:
-            """D at U = y_n + V inside + outside: F(U) - F(y_n) - J V inside (J on the space only)."""
-            u = ev.y + space.combine(inside) + outside
-            return _Remainder(space, problem.evaluate(ev.t + c * h, u).dydt - ev.dydt - space.apply(inside))
+        def remainder(c: float, inside: np.ndarray, outside: Sequence[tuple[float, torch.Tensor]] = ()) -> _Remainder:
+            """D at U = y_n + V inside + sum_i w_i o_i (``outside``: the (w_i, o_i)):
+            F(U) - F(y_n) - J V inside (J on the space only). U is built in place and the sum
+            over ``outside`` lives only until added, so that neither is held through the
+            evaluation (each a state-sized vector)."""
+            u = space.combine(inside).add_(ev.y)
+            if outside:
+                extra: torch.Tensor | float = 0.0
+                for w, o in outside:
+                    extra = extra + w * o
+                u.add_(extra)
+                del extra
+            d = torch.sub(problem.evaluate(ev.t + c * h, u).dydt, ev.dydt)  # not in place: F(U) is the problem's
+            return _Remainder(space, d.sub_(space.apply(inside)))
 
         d2 = remainder(scheme.c2, self._flux(space, scheme.c2 * h))
-        inside3, outside3 = self._flux(space, scheme.c3 * h), 0.0
+        inside3, outside3 = self._flux(space, scheme.c3 * h), []
         for a, k, s in scheme.stage3:
             p, o = d2.phis(s * h)
-            inside3, outside3 = inside3 + h * a * p[:, k - 1], outside3 + (h * a / _FACTORIALS[k - 1]) * o
+            inside3 = inside3 + h * a * p[:, k - 1]
+            outside3.append((h * a / _FACTORIALS[k - 1], o))
         d3 = remainder(scheme.c3, inside3, outside3)
         (p2, o2), (p3, o3) = d2.phis(h), d3.phis(h)
         (a2, a3), (b2, b3) = scheme.weights()
@@ -216,12 +228,13 @@ class ExponentialRosenbrock:
         error = h * ((a2 - e2) * p2[:, 2] + b2 * p2[:, 3] + (a3 - e3) * p3[:, 2] + b3 * p3[:, 3]) + change
         pair = space.combine(np.stack([inside, error], axis=1))
         estimate = pair[1].add_(o2, alpha=h * ((a2 - e2) / 6 + b2 / 24)).add_(o3, alpha=h * ((a3 - e3) / 6 + b3 / 24))
-        self._error = (ev, dt, estimate)
-        self._dense = (ev, dt, space, d2, d3, scheme)
-        # y_{n+1} gets storage of its own: a row of ``pair`` would keep the estimate's row
-        # alive for as long as y_{n+1} lives (through the next step), where the estimate
-        # is freed once the controller has read it (error_estimate hands it over).
+        # y_{n+1} and the estimate get storage of their own: a row of ``pair`` would keep
+        # the other row alive, y_{n+1} through the next step, the estimate through the
+        # evaluation at y_{n+1} (the estimate is freed once the controller has read it:
+        # error_estimate hands it over).
         step = torch.add(pair[0], ev.y)
+        self._error = (ev, dt, estimate.clone())
+        self._dense = (ev, dt, space, d2, d3, scheme)
         return step.add_(o2, alpha=h * (a2 / 6 + b2 / 24)).add_(o3, alpha=h * (a3 / 6 + b3 / 24))
 
     def diagnostics(self) -> dict[str, float]:

@@ -44,11 +44,18 @@ class Evaluation:
             _all_finite(v, self.sq_norm(k)) for k, v in self.aux.items()
         )
 
+    def value(self, key: str) -> torch.Tensor:
+        """``aux[key]``, or dy/dt itself for the key ``"dydt"``: a problem whose auxiliary value
+        is dy/dt up to sign need not hold it twice (gradient flow: grad L = -dy/dt, a
+        state-sized vector per evaluation), and a reader of a sign-blind quantity (a norm,
+        the gradient turn of :class:`~solvers.controllers.GradientRatio`) names ``"dydt"``."""
+        return self.dydt if key == "dydt" else self.aux[key]
+
     def sq_norm(self, key: str) -> float:
-        """||aux[key]||^2, computed once per evaluation: the end of one step is the start of
+        """||value(key)||^2, computed once per evaluation: the end of one step is the start of
         the next, and the controller and the trajectory writer both need it."""
         if key not in self._sq_norms:
-            v = self.aux[key]
+            v = self.value(key)
             self._sq_norms[key] = float(v.dot(v)) if v.dim() == 1 else float(v.square().sum())
         return self._sq_norms[key]
 

@@ -54,7 +54,7 @@ class HeavyBall:
 
     def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor:
         x, v = ev.y.chunk(2)
-        v_new = self.beta * v - ev.aux[self.force_key]
+        v_new = self.beta * v - ev.value(self.force_key)
         return torch.cat([x + dt * v_new, v_new])
 
 
@@ -84,7 +84,7 @@ class ExactMomentum:
         self.force_key = force_key
 
     def step(self, ev: Evaluation, dt: float, problem: CountingProblem | None = None) -> torch.Tensor:
-        g = ev.aux[self.force_key]
+        g = ev.value(self.force_key)
         x, v = ev.y.chunk(2)
         decay = math.exp(-dt / self.tau)
         v_new = decay * v - (1.0 - decay) * g

@@ -127,7 +127,7 @@ class TrajectoryWriter(Observer):
         self._rows: list[tuple[float, ...]] = []
         self._flushed = time.monotonic()  # when step rows were last written
         self._last_row_state = False  # whether the last save row written holds its state
-        self._last_row: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_row: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _held
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
         # Each layer's initial weights and their norm (computed once, not at every save).
         self._w0_layers = [(flow.w0[s], flow.w0[s].norm()) for s in flow.model.layers.values()]
@@ -299,7 +299,7 @@ class TrajectoryWriter(Observer):
     def on_step(self, record: StepRecord) -> None:
         ev = record.ev
         self._rows.append((
-            ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad")),
+            ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm(self.flow.grad_key)),
             record.ratios.get("dgrad", np.nan), record.ratios.get("dout", np.nan), record.ratios.get("error", np.nan),
             record.rejected, record.evals, record.wall, record.ratios.get("ritz_max", np.nan),
         ))
@@ -395,7 +395,8 @@ class TrajectoryWriter(Observer):
         flow, ev = self.flow, record.ev
         w = flow.weights(record.y)
         if ev is not None:
-            f_train, train_loss, grad_norm = ev.aux["f"], float(ev.aux["loss"]), math.sqrt(ev.sq_norm("grad"))
+            f_train, train_loss = ev.aux["f"], float(ev.aux["loss"])
+            grad_norm = math.sqrt(ev.sq_norm(flow.grad_key))
         else:
             f_train = flow.outputs(w, flow.x_train)
             self._forwards += 1
@@ -436,7 +437,7 @@ class TrajectoryWriter(Observer):
                 else:
                     extend(saves[name], 1)
         self._last_row_state = with_state
-        self._last_row = (record.y, record.dydt)
+        self._last_row = None if with_state else self._held(record)
         snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
         if snapshot:
             self._snapshot_kernel(w)
@@ -454,6 +455,14 @@ class TrajectoryWriter(Observer):
         append(saves["t"], np.array([record.t]))
         self.file.flush()
 
+    def _held(self, record: SaveRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What ``_keep_last_state`` may need of a row written without its state: y, and
+        dy/dt where derivatives are stored. y gets storage of its own when it shares it (an
+        interpolated save's y and dy/dt are two rows of one tensor), so that holding it
+        until the next save keeps one state-sized vector alive, not two."""
+        y = record.y if record.y.untyped_storage().nbytes() == record.y.nbytes else record.y.clone()
+        return y, (record.dydt if "dstate" in self._saves else None)
+
     def _keep_last_state(self) -> None:
         """The last save row of a run that ends holds its state (the one state every file
         has), written into the row now if the schedule had skipped it."""
@@ -461,7 +470,7 @@ class TrajectoryWriter(Observer):
         if n and not self._last_row_state:
             y, dydt = self._last_row
             self._saves["state"][n - 1] = y.detach().cpu().numpy()
-            if "dstate" in self._saves:
+            if dydt is not None:
                 self._saves["dstate"][n - 1] = dydt.detach().cpu().numpy()
             self._saves["has_state"][n - 1] = 1.0
             self._last_row_state = True

@@ -59,6 +59,17 @@ def test_vector_field_is_minus_gradient_and_momentum_field_is_the_papers():
     assert torch.allclose(dydt[mom.n_params :], -(v + g) / 0.5)
 
 
+def test_a_gradient_flow_evaluation_holds_the_gradient_once_as_minus_dydt():
+    flow = gflow.build(RunConfig(**SMALL))
+    _, g, _ = flow.loss_and_grad(flow.w0)
+    ev = flow.evaluate(0.0, flow.y0)
+    assert "grad" not in ev.aux  # no second state-sized copy of -dy/dt
+    assert flow.grad_key == "dydt" and torch.equal(ev.value(flow.grad_key), -g)
+    assert ev.sq_norm(flow.grad_key) == float(g.dot(g))  # ||grad L||^2, bit for bit
+    mom = gflow.build(RunConfig(solver="momentum", tau=0.5, **SMALL))
+    assert mom.grad_key == "grad" and torch.equal(mom.evaluate(0.0, mom.y0).value("grad"), g)
+
+
 def test_public_attributes_of_build():
     flow = gflow.build(RunConfig(**SMALL))
     assert flow.x_train.shape == (40, 64) and flow.y_test.shape == (10,)

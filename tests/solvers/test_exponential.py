@@ -280,16 +280,18 @@ def test_error_estimate_refuses_a_step_it_did_not_take():
         stepper.error_estimate(ev, problem.evaluate(0.2, y), 0.2)
 
 
-def test_error_estimate_is_handed_over_once_and_y_next_does_not_share_its_storage():
+def test_error_estimate_is_handed_over_once_and_neither_it_nor_y_next_holds_the_others_storage():
     # The stepper keeps no reference to its estimate (freed once the controller has read
-    # it), and y_{n+1}, which lives through the next step, holds no storage of it.
+    # it); y_{n+1}, which lives through the next step, holds no storage of it, nor does the
+    # estimate, which lives through the evaluation at y_{n+1}, hold any of y_{n+1}'s.
     problem = CountingProblem(_linear(_symmetric(-torch.logspace(-1, 2, 8, dtype=torch.float64))))
     ev = problem.evaluate(0.0, torch.ones(8, dtype=torch.float64))
     stepper = ExponentialRosenbrock()
     y = stepper.step(ev, 0.1, problem)
     after = problem.evaluate(0.1, y)
     estimate = stepper.error_estimate(ev, after, 0.1)
-    assert y.untyped_storage().nbytes() == y.numel() * y.element_size()
+    for v in (y, estimate):
+        assert v.untyped_storage().nbytes() == v.numel() * v.element_size()
     assert y.untyped_storage().data_ptr() != estimate.untyped_storage().data_ptr()
     with pytest.raises(RuntimeError, match="once per step"):
         stepper.error_estimate(ev, after, 0.1)

@@ -45,3 +45,13 @@ def test_sq_norm_is_the_squared_norm_computed_once_per_evaluation():
     assert ev.sq_norm("f") == 4.0  # any shape
     g.mul_(2)  # the cached value is the evaluation's, not recomputed
     assert ev.sq_norm("grad") == 25.0
+
+
+def test_value_names_the_derivative_itself_as_dydt_and_any_auxiliary_value_by_its_key():
+    g = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    ev = _ev(-g, f=torch.ones(3))
+    assert ev.value("dydt") is ev.dydt
+    assert ev.value("f") is ev.aux["f"]
+    assert ev.sq_norm("dydt") == 25.0
+    with pytest.raises(KeyError):
+        ev.value("grad")

@@ -196,3 +196,30 @@ def test_a_live_reader_sees_step_rows_between_saves(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     step, t_read, loss_read, saved_t = proc.stdout.split()
     assert int(step) == 30 and float(t_read) == t and float(loss_read) == loss and float(saved_t) == 0.0
+
+
+@pytest.mark.parametrize("derivatives", [False, True])
+def test_a_row_saved_without_its_state_holds_one_vector_until_the_next_and_the_run_ending_on_it_stores_it(
+        tmp_path, derivatives):
+    import torch
+
+    from solvers.events import Stop
+    from solvers.observers import SaveRecord
+
+    flow = gflow.build(CFG.replace(state_saves=2, save_derivatives=derivatives))
+    w = writer_module.TrajectoryWriter(tmp_path / "r.h5", flow, scheduled=[0.0, 1.0, 2.0])  # states at saves 0 and 2
+    ev = flow.evaluate(0.0, flow.y0)
+    w.on_save(SaveRecord(0.0, ev.y, ev.dydt, ev, ev, index=0, steps=0, evals=1, wall=0.0))
+    assert w._last_row is None  # the row holds its state: nothing to keep
+    # An interpolated save's y and dy/dt are two rows of one tensor (the dense output's one pass).
+    pair = torch.stack([flow.y0 + 1e-3, torch.full_like(flow.y0, 2.0)])
+    w.on_save(SaveRecord(1.0, pair[0], pair[1], None, ev, index=1, steps=1, evals=2, wall=0.1))
+    y, dydt = w._last_row
+    assert torch.equal(y, pair[0]) and y.untyped_storage().nbytes() == y.nbytes  # not the pair's storage
+    assert (dydt is not None) == derivatives
+    w.finish(Stop("finished", "a stop event fired at that save"), None)
+    traj = gflow.open(tmp_path / "r.h5")
+    assert np.array_equal(traj.read("saves/state")[-1], pair[0].numpy())
+    assert traj.read("saves/has_state")[-1] == 1.0
+    if derivatives:
+        assert np.array_equal(traj.read("saves/dstate")[-1], pair[1].numpy())
