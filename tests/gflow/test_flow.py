@@ -68,6 +68,9 @@ def test_a_gradient_flow_evaluation_holds_the_gradient_once_as_minus_dydt():
     assert ev.sq_norm(flow.grad_key) == float(g.dot(g))  # ||grad L||^2, bit for bit
     mom = gflow.build(RunConfig(solver="momentum", tau=0.5, **SMALL))
     assert mom.grad_key == "grad" and torch.equal(mom.evaluate(0.0, mom.y0).value("grad"), g)
+    for flow in ("modified", "central"):  # dy/dt is not -grad L there: the gradient is held apart
+        other = gflow.build(RunConfig(flow=flow, lr=0.5, **SMALL))
+        assert other.grad_key == "grad" and torch.allclose(other.evaluate(0.0, other.y0).value("grad"), g)
 
 
 def test_public_attributes_of_build():
