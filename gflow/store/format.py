@@ -29,6 +29,7 @@ from .validate import (
     json_attribute,
     read_data,
     scalar,
+    shown,
 )
 
 FORMAT = "gflow-trajectory"
@@ -329,8 +330,9 @@ def check(path: Path) -> RunConfig:
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
     with open_file(path) as f:
-        if f.attrs.get("format") != FORMAT:
-            raise FileFormatError(f"{path}: not a gflow trajectory (format attribute {f.attrs.get('format')!r})")
+        found = f.attrs.get("format")
+        if not isinstance(found, str) or found != FORMAT:  # an array's != would be an array
+            raise FileFormatError(f"{path}: not a gflow trajectory (format attribute {shown(found)})")
         version = version_of(f)
         if version not in READ_VERSIONS:
             raise FileFormatError(

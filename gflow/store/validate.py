@@ -123,6 +123,15 @@ def read_data(ds: h5py.Dataset, selection: Any = ()) -> Any:
                               f"({str(e).splitlines()[0] if str(e) else 'read failed'})") from None
 
 
+def shown(value: Any) -> str:
+    """A value read from a file, for an error message: one short line whatever it holds (an
+    array by its shape and type, anything else by its repr, cut to 60 characters)."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} ({value.dtype})"
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _bad(where: str, name: str, expected: str, found: Any) -> FileFormatError:
     return FileFormatError(f"{where}: /{name} should be {expected}, found {found}")
 
@@ -225,7 +234,8 @@ def check_description(name: str, value: dict[str, Any], where: str) -> None:
             raise FileFormatError(f"{where}: attribute {name!r} field {key!r} should be a JSON "
                                   f"{kind.__name__}, found {type(value[key]).__name__}")
     if "outputs" in value and value["outputs"] < 1:
-        raise FileFormatError(f"{where}: attribute {name!r} field 'outputs' should be >= 1, found {value['outputs']}")
+        raise FileFormatError(f"{where}: attribute {name!r} field 'outputs' should be >= 1, "
+                              f"found {shown(value['outputs'])}")
     if name == "data" and not all(isinstance(n, int) and not isinstance(n, bool) for n in value.get("x_shape", [])):
         raise FileFormatError(f"{where}: attribute 'data' field 'x_shape' should list integers")
     if name == "model" and not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
@@ -268,7 +278,7 @@ def check_schema(file: h5py.File, where: str, cfg: RunConfig) -> None:
     recorded = f.attrs.get("n_params", n_params)
     if not isinstance(recorded, (int, np.integer)) or int(recorded) != n_params:
         raise FileFormatError(f"{where}: attribute 'n_params' should be {n_params} (the length of /init/w0), "
-                              f"found {recorded!r}")
+                              f"found {shown(recorded)}")
     f0 = dataset(f, "init/f0_train", where, "f", ndims=(1, 2))
     f0_test = dataset(f, "init/f0_test", where, "f", (None, *f0.shape[1:]))
     for split, outputs in (("train", f0), ("test", f0_test)):
@@ -326,9 +336,9 @@ def _check_kernel(f: _Tree, where: str, f0: h5py.Dataset) -> None:
         outputs = outputs.decode(errors="replace")
     if not isinstance(n, (int, np.integer)) or not 1 <= int(n) <= f0.shape[0]:
         raise FileFormatError(f"{where}: /kernel attribute 'n' should be an integer in [1, {f0.shape[0]}], "
-                              f"found {n!r}")
-    if outputs not in ("trace", "full"):
-        raise FileFormatError(f"{where}: /kernel attribute 'outputs' should be trace or full, found {outputs!r}")
+                              f"found {shown(n)}")
+    if not isinstance(outputs, str) or outputs not in ("trace", "full"):
+        raise FileFormatError(f"{where}: /kernel attribute 'outputs' should be trace or full, found {shown(outputs)}")
     size = int(n) * (f0.shape[1] if outputs == "full" and f0.ndim == 2 else 1)
     for name in f.members("kernel"):  # every member a table: truncating a file resizes them all
         dataset(f, f"kernel/{name}", where, "f", table=True)

@@ -163,6 +163,12 @@ _STEPS = [
 # Found by this test: a group planted in /kernel (groups sorted: '', checkpoint, data, init,
 # kernel) passed validation and broke resume's truncation with an AttributeError.
 @example(mutation=("plant", 4, "group", 0), which="stopped", heavy=0)
+# Found by this test: an attribute made an array printed itself over several lines in the
+# error (n_params), or made the format check's comparison an array (format).
+@example(mutation=("attribute", 0, "n_params", np.zeros((3, 2))), which="finished", heavy=0)
+@example(mutation=("attribute", 0, "format", np.zeros((3, 2))), which="finished", heavy=0)
+@example(mutation=("attribute", 4, "n", np.zeros((3, 2))), which="finished", heavy=1)
+@example(mutation=("attribute", 4, "outputs", np.zeros((3, 2))), which="finished", heavy=1)
 def test_mutated_files_give_clean_errors_and_never_take_their_neighbours_down(originals, tmp_path, capsys,
                                                                                mutation, which, heavy):
     """The commands that rebuild the network or write (t1, compare, resume) run on one
