@@ -204,11 +204,7 @@ class ExponentialRosenbrock:
             evaluation (each a state-sized vector)."""
             u = space.combine(inside).add_(ev.y)
             if outside:
-                extra: torch.Tensor | float = 0.0
-                for w, o in outside:
-                    extra = extra + w * o
-                u.add_(extra)
-                del extra
+                u.add_(sum(w * o for w, o in outside))
             d = torch.sub(problem.evaluate(ev.t + c * h, u).dydt, ev.dydt)  # not in place: F(U) is the problem's
             return _Remainder(space, d.sub_(space.apply(inside)))
 
