@@ -24,7 +24,7 @@ _WHERE = {
     **dict.fromkeys(("Counters", "Solution", "integrate"), "integrate"),
     **dict.fromkeys(("Method", "Segment"), "method"),
     **dict.fromkeys(("Observer", "SaveRecord", "StepRecord"), "observers"),
-    **dict.fromkeys(("CountingProblem", "Evaluation", "FunctionProblem", "Problem"), "problem"),
+    **dict.fromkeys(("CountingProblem", "Evaluation", "FunctionProblem", "Problem", "State"), "problem"),
     **dict.fromkeys(("Euler", "ExactMomentum", "HeavyBall", "Stepper"), "steppers"),
     "Sundials": "sundials",
     "TorchDiffEq": "torchdiffeq_backend",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .controllers import Controller, FixedStep
 from .events import Stop, non_finite, step_collapsed
 from .method import OnStep, Segment
-from .problem import CountingProblem, Evaluation
+from .problem import CountingProblem, Evaluation, State
 from .steppers import Stepper
 
 
@@ -16,8 +17,12 @@ class Adaptive:
     """Take tentative steps with ``stepper``; let ``controller`` accept them or not.
 
     Every evaluation is used once: an accepted tentative evaluation is the next step's
-    starting evaluation, so an accepted step costs one evaluation and a rejected one
-    costs one more. Steps are shortened to land exactly on ``t_stop`` without changing the
+    starting evaluation, so an accepted step costs one evaluation. A controller that
+    decides from y_{n+1} alone (``needs_end_evaluation`` False: an embedded error
+    estimate) decides before the evaluation, so a rejected step costs none; otherwise a
+    rejected step costs one more. A tentative step whose evaluation (or, deciding first,
+    whose measured error) is not finite is retried tenfold shorter, ``max_blowups`` times.
+    Steps are shortened to land exactly on ``t_stop`` without changing the
     controller's dt, as in the original implementation. With ``interpolates``, save times
     are served from each step's dense output instead (the stepper's own ``interpolant``
     where it has one, cubic Hermite otherwise), so only t_end shortens a step. A step size
@@ -41,6 +46,7 @@ class Adaptive:
     ) -> Segment:
         dt = self.dt0 if dt is None else dt
         fixed = isinstance(self.controller, FixedStep)
+        decides_first = not getattr(self.controller, "needs_end_evaluation", True)
         while ev.t < t_stop:
             rejected = blowups = 0
             while True:
@@ -56,8 +62,16 @@ class Adaptive:
                 if collapsed:
                     return Segment(ev, dt, collapsed)
                 t_new = t_stop if lands else ev.t + h
-                new = problem.evaluate(t_new, self.stepper.step(ev, h, problem))
-                failure = non_finite(new)
+                y_new = self.stepper.step(ev, h, problem)
+                # A controller deciding from y_{n+1} alone decides first: a rejected step is not evaluated.
+                decision = self.controller.adapt(ev, State(t_new, y_new), h, dt) if decides_first else None
+                if decision is not None and not all(math.isfinite(r) for r in decision.ratios.values()):
+                    failure = Stop("failed", f"non-finite error estimate at t = {t_new:.6g}")
+                elif decision is not None and not decision.accept:
+                    failure = None
+                else:
+                    new = problem.evaluate(t_new, y_new)
+                    failure = non_finite(new)
                 if failure:  # too long a step can overflow: retried shorter, a few times
                     blowups += 1
                     if blowups > self.max_blowups:
@@ -66,7 +80,8 @@ class Adaptive:
                     dt = h / 10
                     rejected += 1
                     continue
-                decision = self.controller.adapt(ev, new, h, dt)
+                if decision is None:
+                    decision = self.controller.adapt(ev, new, h, dt)
                 dt = decision.dt_next
                 if decision.accept:
                     break

@@ -4,7 +4,9 @@ A controller is a small object with one method, ``adapt(before, after, h, dt)``,
 evaluations at the start and at the end of a tentative step of size ``h`` (the step
 actually taken, which may be shorter than the controller's own ``dt`` when a save time
 was hit). It returns a :class:`Decision`. Controllers hold no state: the integration loop
-carries ``dt``.
+carries ``dt``. A controller whose decision reads nothing of the step's end but its state
+says so with ``needs_end_evaluation = False``: :class:`~solvers.adaptive.Adaptive` then
+passes a :class:`~solvers.problem.State` and evaluates only a step it accepts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from .problem import Evaluation
+from .problem import Evaluation, State
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,11 @@ class LocalError:
     """Error-per-step control from a local error estimate of a second-order solution.
 
     ``estimate(before, after, h)`` gives the error vector: by default
-    :func:`hermite_error`, for any second-order step; an embedded pair passes its own
-    (``ExponentialRosenbrock.error_estimate``). The error is measured in one of two scales:
+    :func:`hermite_error`, for any second-order step, which reads the slope at the step's
+    end; an embedded pair passes its own (``ExponentialRosenbrock.error_estimate``),
+    marked ``embedded = True``: it reads nothing of the end, so the decision needs only
+    y_{n+1} and a rejected step costs no evaluation (``needs_end_evaluation`` is False).
+    The error is measured in one of two scales:
 
     * component-wise (no ``origin``; Hairer, Norsett, Wanner, II.4):
       err = RMS_i( est_i / (atol + rtol max(|y_i|, |y'_i|)) );
@@ -232,7 +237,11 @@ class LocalError:
         if not self.rtol > 0 or not self.atol >= 0:
             raise ValueError(f"rtol = {self.rtol!r}, atol = {self.atol!r}: need rtol > 0 and atol >= 0")
 
-    def error(self, est: torch.Tensor, before: Evaluation, after: Evaluation) -> float:
+    @property
+    def needs_end_evaluation(self) -> bool:
+        return not getattr(self.estimate, "embedded", False)
+
+    def error(self, est: torch.Tensor, before: Evaluation, after: State) -> float:
         """The normalised error of an estimate ``est`` over a step (see the class docstring)."""
         if self.origin is None:
             scale = self.atol + self.rtol * torch.maximum(before.y.abs(), after.y.abs())
@@ -241,7 +250,7 @@ class LocalError:
         moved = max(float(torch.sub(y, self.origin).square_().mean().sqrt()) for y in (before.y, after.y))
         return float(est.pow(2).mean().sqrt()) / (self.atol + self.rtol * moved)
 
-    def adapt(self, before: Evaluation, after: Evaluation, h: float, dt: float) -> Decision:
+    def adapt(self, before: Evaluation, after: State, h: float, dt: float) -> Decision:
         err = self.error(self.estimate(before, after, h), before, after)
         if math.isnan(err):
             err = math.inf

@@ -254,6 +254,9 @@ class ExponentialRosenbrock:
         estimate, self._error = self._error[2], None
         return estimate
 
+    # It reads nothing of ``after``: LocalError decides before y_{n+1} is evaluated.
+    error_estimate.embedded = True
+
     def interpolant(self, before: Evaluation, after: Evaluation, h: float) -> Interpolant:
         """The continuous output of the step just taken from ``before`` to ``after``. With
         s = theta h in (0, h], the weights b_i(theta) of D_2 and D_3 that satisfy the order

@@ -20,7 +20,7 @@ class StepRecord:
     """One accepted step from t - dt to t = ev.t.
 
     rejected: tentative steps rejected before this one was accepted; evals: evaluations so
-    far (cumulative, rejected attempts included); ratios: the controller's ratios of the
+    far (cumulative, those of rejected attempts included); ratios: the controller's ratios of the
     accepted attempt; wall: seconds since the integration started.
     """
 

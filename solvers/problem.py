@@ -18,11 +18,18 @@ import torch
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """The result of one evaluation of a problem at (t, y)."""
+class State:
+    """A point (t, y): a tentative step's end before it is evaluated (a controller that
+    decides from y alone sees only this, see :class:`~solvers.adaptive.Adaptive`)."""
 
     t: float
     y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Evaluation(State):
+    """The result of one evaluation of a problem at (t, y)."""
+
     dydt: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
