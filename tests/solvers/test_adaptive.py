@@ -12,17 +12,10 @@ from solvers import (
     ExponentialRosenbrock,
     FunctionProblem,
     LocalError,
-    Observer,
     integrate,
 )
 
-
-class Steps(Observer):
-    def __init__(self):
-        self.records = []
-
-    def on_step(self, record):
-        self.records.append(record)
+from .test_integrate import Recorder
 
 
 @dataclass(frozen=True)
@@ -44,11 +37,11 @@ def _logistic() -> FunctionProblem:
 def _run(controller_of, problem=None):
     stepper = ExponentialRosenbrock(krylov_tol=1e-10)
     controller = LocalError(1e-8, 1e-11, estimate=stepper.error_estimate, order=3)
-    steps = Steps()
+    rec = Recorder()
     y0 = torch.linspace(0.1, 2.0, 6, dtype=torch.float64)
     sol = integrate(problem or _logistic(), y0, (0.0, 20.0), Adaptive(stepper, controller_of(controller), dt0=5.0),
-                    observers=[steps])
-    return sol, steps.records
+                    observers=[rec])
+    return sol, rec.steps
 
 
 def test_an_embedded_estimate_decides_first_so_a_rejected_step_costs_no_evaluation():
@@ -86,12 +79,12 @@ _euler_error.embedded = True
 
 def test_a_step_deciding_first_on_a_non_finite_estimate_is_retried_tenfold_shorter_without_evaluation():
     problem = CountingProblem(FunctionProblem(lambda t, y: -y))
-    steps = Steps()
+    rec = Recorder()
     method = Adaptive(Overflowing(limit=0.05), LocalError(1e-2, 1e-5, estimate=_euler_error), dt0=1.0)
-    sol = integrate(problem, torch.ones(3, dtype=torch.float64), (0.0, 1.0), method, observers=[steps])
+    sol = integrate(problem, torch.ones(3, dtype=torch.float64), (0.0, 1.0), method, observers=[rec])
     assert sol.stop.status == "finished"
-    assert steps.records[0].rejected == 2 and steps.records[0].dt == 1.0 / 100  # 1 -> 0.1 -> 0.01
-    assert sol.counters.evals == 1 + len(steps.records)  # the two NaN steps were never evaluated
+    assert rec.steps[0].rejected == 2 and rec.steps[0].dt == 1.0 / 100  # 1 -> 0.1 -> 0.01
+    assert sol.counters.evals == 1 + len(rec.steps)  # the two NaN steps were never evaluated
 
 
 def test_a_step_whose_estimate_stays_non_finite_fails_after_max_blowups_with_no_evaluation():
