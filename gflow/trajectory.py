@@ -179,7 +179,11 @@ class Trajectory(TrajectoryFile):
         steps = self.read("saves/dt")
         flow = self.flow
         out: dict[float, torch.Tensor] = {}
-        starts = stored[np.searchsorted(saved[stored], times, side="right") - 1]
+        latest = np.searchsorted(saved[stored], times, side="right") - 1
+        if len(times) and latest[0] < 0:  # the first save always stores its state: a damaged file
+            raise GflowError(f"{self.path}: no state stored at or before t = {times[0]:g} to replay from "
+                             "(saves/has_state marks none there; the first save always holds one)")
+        starts = stored[latest]
         for k in np.unique(starts):
             targets = [t for t, s in zip(times, starts) if s == k]
             t0 = float(saved[k])
