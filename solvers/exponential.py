@@ -36,9 +36,9 @@ the projected part only (the Arnoldi relation: no evaluation), which saved one e
 per step at no loss of accuracy on the digits problems (measured with exprb43: 1312
 evaluations at error 1.2e-5 against 1450 at 1.0e-5 with the missing product taken). A
 step of either scheme costs m products, the evaluations at U_2 and U_3, and the one at
-y_{n+1} (the next step's start): m + 3. A rejected step is rejected before y_{n+1} is
-evaluated (the embedded estimate needs no evaluation there: :class:`~solvers.adaptive.Adaptive`
-asks the controller first), so it costs m + 2; its retry from the same y_n reuses the
+y_{n+1} (the next step's start): m + 3. A step is judged before y_{n+1} is evaluated (the
+embedded estimate needs no evaluation there: :class:`~solvers.adaptive.Adaptive` asks the
+controller first), so a rejected one costs m + 2; its retry from the same y_n reuses the
 Krylov space. The schemes treat F as autonomous; gradient and momentum flows are.
 
 Measured on the digits problems (t = 10^4, gradient flow): exprb53s3 needs 1.3-1.5x fewer
