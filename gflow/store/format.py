@@ -435,8 +435,13 @@ def copy_checked(src: h5py.Group, dst: h5py.Group) -> None:
         else:
             new = dst.create_dataset(name, shape=obj.shape, maxshape=obj.maxshape, chunks=obj.chunks, dtype=obj.dtype,
                                      fillvalue=obj.fillvalue, fletcher32=True)
-            for i in range(obj.id.get_num_chunks()):
-                offset = obj.id.get_chunk_info(i).chunk_offset
+            try:  # the chunk index is metadata: a flipped bit there fails its checksum (RuntimeError)
+                offsets = [obj.id.get_chunk_info(i).chunk_offset for i in range(obj.id.get_num_chunks())]
+            except (OSError, RuntimeError) as e:
+                raise FileFormatError(f"{src.file.filename}: {obj.name}'s chunk index cannot be read: a checksum "
+                                      f"mismatch or damaged data ({str(e).splitlines()[0] if str(e) else 'read failed'})"
+                                      ) from None
+            for offset in offsets:
                 where = tuple(slice(o, min(o + c, n)) for o, c, n in zip(offset, obj.chunks, obj.shape))
                 new[where] = read_data(obj, where)
         _copy_attributes(obj, new)

@@ -118,7 +118,7 @@ def read_data(ds: h5py.Dataset, selection: Any = ()) -> Any:
     FileFormatError naming the dataset."""
     try:
         return ds[selection]
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # HDF5 reports a failed metadata checksum as RuntimeError
         raise FileFormatError(f"{ds.file.filename}: {ds.name} cannot be read: a checksum mismatch or damaged data "
                               f"({str(e).splitlines()[0] if str(e) else 'read failed'})") from None
 
