@@ -439,8 +439,7 @@ def copy_checked(src: h5py.Group, dst: h5py.Group) -> None:
                 offsets = [obj.id.get_chunk_info(i).chunk_offset for i in range(obj.id.get_num_chunks())]
             except (OSError, RuntimeError) as e:
                 raise FileFormatError(f"{src.file.filename}: {obj.name}'s chunk index cannot be read: a checksum "
-                                      f"mismatch or damaged data ({str(e).splitlines()[0] if str(e) else 'read failed'})"
-                                      ) from None
+                                      f"mismatch or damaged data ({_first_line(e)})") from None
             for offset in offsets:
                 where = tuple(slice(o, min(o + c, n)) for o, c, n in zip(offset, obj.chunks, obj.shape))
                 new[where] = read_data(obj, where)
