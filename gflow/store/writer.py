@@ -1,8 +1,9 @@
 """The streaming writer: an observer that writes a run into its HDF5 file as it goes.
 
-Protocol (docs/FORMAT.md): SWMR mode, every dataset created before the first step, each
-save's rows appended and flushed before its commit marker ``/saves/t``, an exclusive lock
-beside the file for the writer's lifetime.
+Protocol (docs/FORMAT.md): SWMR mode, every dataset created before the first step, saves
+committed in groups (their rows appended and flushed before their commit markers
+``/saves/t``, then the checkpoint), an exclusive lock beside the file for the writer's
+lifetime.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,10 +108,15 @@ class TrajectoryWriter(Observer):
     """Streams a run into ``path`` in HDF5 SWMR mode, so other processes can read it while
     it grows and a killed run leaves a valid file.
 
-    Step rows are buffered and written with the save row at every save, and at least every
-    STEP_FLUSH_S seconds between saves (a live reader sees the run move); ``saves/t`` is
-    extended last, after a flush, and marks the save complete. Readers count only complete
-    saves. The writer holds an exclusive lock (``<path>.lock``) for its lifetime, so no
+    A save's small rows (outputs, scalars) are staged in memory and its state row written
+    at once; staged saves are committed together (:meth:`_commit`: rows, then their
+    ``saves/t`` markers, then the checkpoint, each after a flush) at a save that closes its
+    step, once the time since the last commit is 1/COMMIT_SHARE times what that commit cost
+    (at most STEP_FLUSH_S), and when the run ends: commits take about 1% of a run's time
+    and a kill loses at most that much work. Step rows are written with each commit, and at
+    least every STEP_FLUSH_S seconds between (a live reader sees the run move). Readers
+    count only committed saves; the checkpoint is the end of the step the committing save
+    closed. The writer holds an exclusive lock (``<path>.lock``) for its lifetime, so no
     second process can write or resume the same run. ``finish(stop)`` records the final
     status and the step size to resume with. Tables hold what was computed: states,
     outputs and kernels in the run's dtype, scalars in float64. ``lock``: the run's lock
@@ -126,6 +133,15 @@ class TrajectoryWriter(Observer):
         self._pending: SaveRecord | None = None  # the state a run stopped at, between save times
         self._rows: list[tuple[float, ...]] = []
         self._flushed = time.monotonic()  # when step rows were last written
+        # Saves written since the last commit: their small rows, markers, and the count of
+        # rows with no state (the state tables are extended by them at the commit).
+        self._staged: dict[str, list[np.ndarray]] = {}
+        self._staged_t: list[float] = []
+        self._staged_kernel_t: list[float] = []
+        self._stateless = 0
+        self._unflushed = 0  # bytes of states and kernel snapshots written since the last commit
+        self._checkpoint: _Checkpoint | None = None  # the latest save's step end, until the next step
+        self._committed, self._commit_cost = time.monotonic(), 0.0
         self._last_row_state = False  # whether the last save row written holds its state
         self._last_row: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _held
         self._last_save: tuple[float, torch.Tensor] | None = None  # (t, w) of a save with no kernel snapshot
@@ -187,6 +203,7 @@ class TrajectoryWriter(Observer):
         self._steps = {c: self.file["steps"][c] for c in (*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)
                        if c in self.file["steps"]}
         self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
+        self._n = self._saves["t"].shape[0]  # save rows, committed and staged
 
     _creating: Path | None = None  # the hidden name a new file is built under, until _publish
 
@@ -295,8 +312,12 @@ class TrajectoryWriter(Observer):
         append(k["change"], np.array([relative_change(theta, self._theta0)]))
         append(k["norm"], np.array([float(theta.norm())]))
         append(k["theta"], theta.cpu().numpy()[None])
+        self._unflushed += theta.nbytes + 16
 
     def on_step(self, record: StepRecord) -> None:
+        # A save not committed with its checkpoint is no longer a point to resume from: its
+        # state is let go with the step it ended, so that no old state outlives its step.
+        self._checkpoint = None
         ev = record.ev
         self._rows.append((
             ev.t, record.dt, float(ev.aux["loss"]), math.sqrt(ev.sq_norm(self.flow.grad_key)),
@@ -325,11 +346,19 @@ class TrajectoryWriter(Observer):
         if self._scheduled and record.t not in self._scheduled:
             self._pending = record
             return
-        self._need(self._save_bytes(), "for its next save", self._resumable())
+        try:
+            self._need(self._save_bytes() + self._staged_bytes(), "for its next save", self._resumable())
+        except DiskFull:
+            with self._writing():
+                self._commit()  # the staged saves had room when their checks passed: keep them
+            raise
         with self._writing():
             self._write_save(record, record.index in self._with_state)
             if record.closes_step:
-                self._write_checkpoint(record)
+                self._checkpoint = _Checkpoint.at(record, record.dt, self._n, self._last_row_state)
+                elapsed = time.monotonic() - self._committed
+                if elapsed >= min(self._commit_cost / COMMIT_SHARE, STEP_FLUSH_S):
+                    self._commit()
 
     def _save_bytes(self) -> int:
         """Bytes one save appends at most (rows, buffered steps, a kernel snapshot, a state, a checkpoint)."""
@@ -338,6 +367,12 @@ class TrajectoryWriter(Observer):
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
         return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + self._hessian_k + 6 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
+
+    def _staged_bytes(self) -> int:
+        """Bytes the next commit writes: the staged rows and markers, and the states and
+        kernel snapshots appended since the last (HDF5 holds them in its caches until a flush)."""
+        return sum(row.nbytes for rows in self._staged.values() for row in rows) + \
+            8 * (len(self._staged_t) + len(self._staged_kernel_t)) + self._unflushed
 
     def _resumable(self) -> str:
         return f"the file keeps every complete save: free space and resume it (gflow run --resume {self.path})"
@@ -366,32 +401,67 @@ class TrajectoryWriter(Observer):
             raise DiskFull(f"{why} {self.path} ({_free(self.path)} free on its disk); {self._resumable()}",
                            unclean=True) from None
 
-    def _write_checkpoint(self, record: SaveRecord, dt: float | None = None) -> None:
-        """Record the end of the latest accepted step (``record.last``) as the checkpoint,
-        crash-safely: into the slot not in use, flushed, then named current. A state stored
-        in the last save row (a step that landed on it) is referenced, not copied."""
-        ckpt, last = self.file["checkpoint"], record.last
+    def _commit(self) -> None:
+        """Make the staged saves complete, in three flushes, because HDF5 may write dirty
+        metadata in any order: their rows (with the buffered step rows and the checkpoint's
+        spare slot); then their markers ``saves/t`` and ``kernel/t``; then the checkpoint's
+        switch to that slot. A kill between two leaves the previous commit's saves and
+        checkpoint, complete."""
+        start = time.monotonic()
+        self._flush_steps()
+        for name, rows in self._staged.items():
+            append(self._saves[name], np.stack(rows))
+        self._extend_stateless()
+        slot = None if self._checkpoint is None else self._write_checkpoint_slot(self._checkpoint)
+        self.file.flush()
+        if self._staged_kernel_t:
+            append(self.file["kernel/t"], np.array(self._staged_kernel_t))
+        if self._staged_t:
+            append(self._saves["t"], np.array(self._staged_t))
+        self.file.flush()
+        if slot is not None:
+            self.file["checkpoint/current"][0] = slot
+            self.file.flush()
+        self._staged, self._staged_t, self._staged_kernel_t, self._checkpoint = {}, [], [], None
+        self._unflushed = 0
+        self._committed = time.monotonic()
+        self._commit_cost = self._committed - start
+
+    def _write_checkpoint_slot(self, point: _Checkpoint) -> int:
+        """Write ``point`` into the checkpoint's slot not in use (crash-safe: the caller
+        names it current once it is flushed) and return the slot. A state stored in its save
+        row is referenced, not copied."""
+        ckpt = self.file["checkpoint"]
         current = int(ckpt["current"][0])
         slot = 0 if current < 0 else 1 - current
-        n = self._saves["t"].shape[0]
-        in_row = n > 0 and self._last_row_state and self._saves["t"][n - 1] == last.t
-        state = last.y.detach().cpu().numpy()
-        if not in_row:
+        state = point.y.detach().cpu().numpy()
+        if not point.in_row:
             ckpt["state"][slot] = state
         ckpt["digest"][slot] = state_digest(state)
-        dt = record.dt if dt is None else dt
-        values = {"t": last.t, "dt": np.nan if dt is None else dt, "step": record.steps, "evals": record.evals,
-                  "wall": record.wall, "saves": n, "row": n - 1 if in_row else -1}
+        values = {"t": point.t, "dt": np.nan if point.dt is None else point.dt, "step": point.steps,
+                  "evals": point.evals, "wall": point.wall, "saves": point.saves,
+                  "row": point.saves - 1 if point.in_row else -1}
         ckpt["scalars"][slot] = [values[c] for c in CHECKPOINT_COLUMNS]
-        self.file.flush()
-        ckpt["current"][0] = slot
-        self.file.flush()
+        return slot
+
+    def _stage(self, name: str, row: np.ndarray | float) -> None:
+        self._staged.setdefault(name, []).append(np.array(row))  # a copy: a tensor's memory may be reused
+
+    def _extend_stateless(self) -> None:
+        """Extend the state tables by the rows staged without a state (never written: HDF5
+        reads them as the NaN fill value and allocates no chunk)."""
+        if self._stateless:
+            for name in ("state", "dstate"):
+                if name in self._saves:
+                    extend(self._saves[name], self._stateless)
+            self._stateless = 0
 
     def _write_save(self, record: SaveRecord, with_state: bool) -> None:
-        """One save row. At a state that was evaluated (a step landed on it) the loss and the
-        training outputs come from that evaluation; at an interpolated state they take a
-        forward pass (no backward; counted in ``forwards``) and the gradient norm is read off
-        the interpolated derivative."""
+        """One save row, staged for the next commit (its state, and its kernel snapshot, are
+        written at once: they are large). At a state that was evaluated (a step landed on it)
+        the loss and the training outputs come from that evaluation; at an interpolated state
+        they take a forward pass (no backward; counted in ``forwards``) and the gradient norm
+        is read off the interpolated derivative."""
         flow, ev = self.flow, record.ev
         w = flow.weights(record.y)
         if ev is not None:
@@ -414,13 +484,13 @@ class TrajectoryWriter(Observer):
             "has_state": float(with_state),
         }
         saves = self._saves
-        append(saves["f_train"], f_train.cpu().numpy()[None])
-        append(saves["f_test"], f_test.cpu().numpy()[None])
-        append(saves["weight_change"], np.array([change]))
+        self._stage("f_train", f_train.cpu().numpy())
+        self._stage("f_test", f_test.cpu().numpy())
+        self._stage("weight_change", change)
         if "representation_change" in saves:
             now = flow.model.hidden(w, self._kernel_x)
-            append(saves["representation_change"], np.array([[float((now[name] - z0).norm() / z0.norm())
-                                                              for name, z0 in self._hidden0.items()]]))
+            self._stage("representation_change", [float((now[name] - z0).norm() / z0.norm())
+                                                  for name, z0 in self._hidden0.items()])
         if flow.cfg.flow == "central":
             a = flow.analysis(record.y)
             scalars.update({"central_sigma2": a.sigma2, "central_loss": a.central_loss, "central_k": len(a.x),
@@ -428,32 +498,29 @@ class TrajectoryWriter(Observer):
         if self._hessian_k > 0:
             spectrum = top_eigenvalues(flow, w, self._hessian_k, flow.cfg.hessian_tol, self._hessian_vectors)
             self._hessian_vectors = spectrum.vectors
-            append(saves["hessian"], spectrum.values[None])
-            append(saves["hessian_products"], np.array([spectrum.products], dtype=np.float64))
-        for name, value in (("state", record.y), ("dstate", record.dydt)):
-            if name in saves:
-                if with_state:
+            self._stage("hessian", spectrum.values)
+            self._stage("hessian_products", float(spectrum.products))
+        if with_state:
+            self._extend_stateless()
+            for name, value in (("state", record.y), ("dstate", record.dydt)):
+                if name in saves:
                     append(saves[name], value.detach().cpu().numpy()[None])
-                else:
-                    extend(saves[name], 1)
+                    self._unflushed += value.nbytes
+        else:
+            self._stateless += 1
         self._last_row_state = with_state
         self._last_row = None if with_state else self._held(record)
         snapshot = self.flow.cfg.kernel_n > 0 and record.index % self.flow.cfg.kernel_every == 0
         if snapshot:
             self._snapshot_kernel(w)
+            self._staged_kernel_t.append(record.t)
         if self.flow.cfg.kernel_n > 0:
             self._last_save = None if snapshot else (record.t, w)
-        self._flush_steps()
         for c, v in scalars.items():
             if c != "t":
-                append(saves[c], np.array([v], dtype=np.float64))
-        # Commit in two flushes: HDF5 may write dirty metadata in any order, so the markers
-        # (saves/t, kernel/t) are extended only once every other row of this save is on disk.
-        self.file.flush()
-        if snapshot:
-            append(self.file["kernel/t"], np.array([record.t]))
-        append(saves["t"], np.array([record.t]))
-        self.file.flush()
+                self._stage(c, np.float64(v))
+        self._staged_t.append(record.t)
+        self._n += 1
 
     def _held(self, record: SaveRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What ``_keep_last_state`` may need of a row written without its state: y, and
@@ -487,8 +554,10 @@ class TrajectoryWriter(Observer):
                 if self._pending is not None:
                     if stop.status != "stopped":
                         self._write_save(self._pending, True)
-                    self._write_checkpoint(self._pending, dt)
+                    self._checkpoint = _Checkpoint.at(self._pending, dt, self._n,
+                                                      self._last_row_state and stop.status != "stopped")
                     self._pending = None
+                self._commit()
                 if stop.status != "stopped":
                     self._keep_last_state()
                 if self._last_save is not None and stop.status == "finished":
@@ -502,12 +571,42 @@ class TrajectoryWriter(Observer):
         self._lock.release()
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What resuming at the end of a save's step needs (see CHECKPOINT_COLUMNS): its state
+    (held, not copied, until the commit that writes it or the next step), the step size to
+    go on with, the counters, and ``saves``, the rows up to it (``in_row``: the last of them
+    holds the state)."""
+
+    t: float
+    y: torch.Tensor
+    dt: float | None
+    steps: int
+    evals: int
+    wall: float
+    saves: int
+    in_row: bool
+
+    @classmethod
+    def at(cls, record: SaveRecord, dt: float | None, saves: int, row_has_state: bool) -> _Checkpoint:
+        """The end of ``record``'s latest accepted step; its state is in the last of the
+        ``saves`` rows when that row holds a state and was saved at that very time."""
+        last = record.last
+        return cls(last.t, last.y, dt, record.steps, record.evals, record.wall, saves,
+                   row_has_state and saves > 0 and record.t == last.t)
+
+
 _NO_ROOM = {errno.ENOSPC: "no space left on the disk of", errno.EFBIG: "the file size limit (ulimit -f) stopped",
             errno.EDQUOT: "the disk quota is exhausted for"}
 
 
 STATE_BUDGET = 64 * 2**20
-STEP_FLUSH_S = 30.0  # at most this long between writes of step rows
+STEP_FLUSH_S = 30.0  # at most this long between writes of step rows, and between commits
+COMMIT_SHARE = 0.01
+"""The share of a run's time its commits may take: a save that closes its step commits the
+staged saves once the time since the last commit is 1/COMMIT_SHARE times what that commit
+took. Measured on the default run: a commit costs ~1.5 ms (10 ms at a million parameters,
+most of it the checkpoint's state and digest); one per save was 5% of the run's time."""
 
 
 def state_indices(flow: GradientFlow, scheduled: int) -> set[int]:

@@ -117,7 +117,7 @@ def test_signals_stop_cleanly_with_status_stopped_and_no_traceback(tmp_path, sig
 
 def test_reader_sees_a_growing_run_while_it_is_written(tmp_path):
     out = tmp_path / "live.h5"
-    proc = _start(out)
+    proc = _start(out, "--t-end", "1e12")  # still running after the reads below (commits come ~1 s apart)
     try:
         _wait_for_saves(out, 2)
         seen = []

@@ -56,6 +56,79 @@ def test_a_reader_polling_a_starting_run_never_finds_a_half_made_file(tmp_path):
     assert errors <= {"no such file"}, errors
 
 
+# --- commits --------------------------------------------------------------------------------
+
+GROUPED = gflow.RunConfig(ptr=60, pte=20, width=16, t_end=50.0, saves=40, save_t_min=0.1, kernel_n=10,
+                          kernel_every=3, state_saves=7, threads=1)  # the default method: interpolated saves
+
+
+def _commits(monkeypatch):
+    made = []
+    commit = writer_module.TrajectoryWriter._commit
+
+    def counting(self):
+        made.append(len(self._staged_t))
+        commit(self)
+
+    monkeypatch.setattr(writer_module.TrajectoryWriter, "_commit", counting)
+    return made
+
+
+def test_saves_committed_in_groups_make_the_file_of_saves_committed_one_by_one(tmp_path, monkeypatch):
+    import h5py
+
+    made = _commits(monkeypatch)
+    monkeypatch.setattr(writer_module, "COMMIT_SHARE", float("inf"))  # every save that closes its step commits
+    one_by_one = gflow.run(GROUPED, tmp_path / "one.h5", progress=False)
+    every = list(made)
+    made.clear()
+    monkeypatch.setattr(writer_module, "COMMIT_SHARE", 1e-12)  # none but the first before STEP_FLUSH_S, and the end
+    grouped = gflow.run(GROUPED, tmp_path / "grouped.h5", progress=False)
+    assert sum(every) == GROUPED.saves + 1 and len(every) > 10  # at each step that saves
+    assert made == [1, GROUPED.saves]  # t = 0, then the rest at the end
+    with h5py.File(one_by_one.path) as a, h5py.File(grouped.path) as b:
+        names = []
+        a.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        for name in names:
+            if name.startswith("checkpoint") or name.endswith("wall"):
+                continue
+            assert np.array_equal(a[name][()], b[name][()], equal_nan=a[name].dtype.kind == "f"), name
+    a, b = one_by_one.checkpoint(), grouped.checkpoint()
+    assert a["t"] == GROUPED.t_end and np.array_equal(a.pop("state"), b.pop("state"))
+    assert a | {"wall": 0} == b | {"wall": 0}
+    assert len(grouped.stored_kernel_change()[0]) == len(one_by_one.stored_kernel_change()[0]) > 5
+
+
+KILLED_AT_SAVE = """
+import os, sys
+import gflow
+from gflow.store import writer
+writer.COMMIT_SHARE = 1e-12  # commits: t = 0 only, before the kill
+write_save = writer.TrajectoryWriter._write_save
+def dying(self, record, with_state):
+    write_save(self, record, with_state)
+    if record.index == 25:
+        os._exit(9)  # as SIGKILL: no handler, no flush, no close
+writer.TrajectoryWriter._write_save = dying
+gflow.run(gflow.RunConfig.from_json(sys.argv[1]), sys.argv[2], progress=False)
+"""
+
+
+def test_a_kill_between_commits_keeps_the_committed_saves_and_resume_redoes_the_rest_bitwise(tmp_path):
+    out = tmp_path / "killed.h5"
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_SAVE, GROUPED.to_json(), str(out)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 9, proc.stderr
+    killed = gflow.open(out)
+    assert killed.status == "running" and len(killed) == 1  # the 25 saves staged since are not there
+    assert killed.checkpoint()["t"] == 0.0  # the commit's
+    done = gflow.resume(out, progress=False)
+    full = gflow.run(done.config, tmp_path / "full.h5", progress=False)  # the torch threads the file recorded
+    assert done.status == "finished"
+    for name in ("saves/t", "saves/state", "saves/f_train", "saves/f_test", "saves/weight_change", "kernel/theta"):
+        assert np.array_equal(done.read(name), full.read(name), equal_nan=True), name
+
+
 # --- a disk that fills up ------------------------------------------------------------------------
 
 
