@@ -203,7 +203,6 @@ class TrajectoryWriter(Observer):
         self._steps = {c: self.file["steps"][c] for c in (*STEP_COLUMNS, *OPTIONAL_STEP_COLUMNS)
                        if c in self.file["steps"]}
         self._saves = {name: self.file["saves"][name] for name in self.file["saves"]}
-        self._n = self._saves["t"].shape[0]  # save rows, committed and staged
 
     _creating: Path | None = None  # the hidden name a new file is built under, until _publish
 
@@ -355,7 +354,7 @@ class TrajectoryWriter(Observer):
         with self._writing():
             self._write_save(record, record.index in self._with_state)
             if record.closes_step:
-                self._checkpoint = _Checkpoint.at(record, record.dt, self._n, self._last_row_state)
+                self._checkpoint = _Checkpoint.at(record, record.dt, self._save_rows(), self._last_row_state)
                 elapsed = time.monotonic() - self._committed
                 if elapsed >= min(self._commit_cost / COMMIT_SHARE, STEP_FLUSH_S):
                     self._commit()
@@ -367,6 +366,10 @@ class TrajectoryWriter(Observer):
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
         return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + self._hessian_k + 6 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
+
+    def _save_rows(self) -> int:
+        """Save rows written, committed or staged."""
+        return self._saves["t"].shape[0] + len(self._staged_t)
 
     def _staged_bytes(self) -> int:
         """Bytes the next commit writes: the staged rows and markers, and the states and
@@ -520,7 +523,6 @@ class TrajectoryWriter(Observer):
             if c != "t":
                 self._stage(c, np.float64(v))
         self._staged_t.append(record.t)
-        self._n += 1
 
     def _held(self, record: SaveRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What ``_keep_last_state`` may need of a row written without its state: y, and
@@ -554,7 +556,7 @@ class TrajectoryWriter(Observer):
                 if self._pending is not None:
                     if stop.status != "stopped":
                         self._write_save(self._pending, True)
-                    self._checkpoint = _Checkpoint.at(self._pending, dt, self._n,
+                    self._checkpoint = _Checkpoint.at(self._pending, dt, self._save_rows(),
                                                       self._last_row_state and stop.status != "stopped")
                     self._pending = None
                 self._commit()
