@@ -45,6 +45,7 @@ from .format import (
     SAVE_SCALARS,
     WRITE_OPTIONS,
     STEP_COLUMNS,
+    _first_line,
     append,
     copy_checked,
     create_array,
@@ -651,10 +652,6 @@ def _size(n: float) -> str:
 
 def _free(path: Path) -> str:
     return _size(_free_bytes(path))
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _creation_bytes(flow: GradientFlow) -> int:
