@@ -26,7 +26,6 @@ from solvers import (
     RatioTarget,
     Scheme,
     Solution,
-    TorchDiffEq,
     WallClock,
     integrate,
     torchode_backend,
@@ -107,6 +106,8 @@ def make_method(cfg: RunConfig, flow: GradientFlow) -> Method:
     if cfg.solver == "heavy-ball":
         return Adaptive(HeavyBall(cfg.momentum_beta), FixedStep(cfg.lr), dt0=cfg.lr)
     if cfg.solver not in NATIVE_SOLVERS:
+        from solvers.torchdiffeq_backend import TorchDiffEq  # here: torchdiffeq loads SciPy's integrate and optimize
+
         return TorchDiffEq(cfg.solver, rtol=cfg.tolerance, atol=cfg.atol, step_size=cfg.dt, interpolates=dense)
     if cfg.solver == "exponential":
         # Krylov coefficients to rtol; the estimate is of the embedded third-order solution.

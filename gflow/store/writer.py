@@ -70,20 +70,20 @@ def _now() -> str:
 
 
 def _versions() -> str:
-    import torchdiffeq
-
     return json.dumps({
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "h5py": h5py.__version__, "torchdiffeq": torchdiffeq.__version__, "gflow": _gflow_version(),
-        "threads": torch.get_num_threads(),
+        "h5py": h5py.__version__, "torchdiffeq": _installed_version("torchdiffeq"),
+        "gflow": _installed_version("gflow"), "threads": torch.get_num_threads(),
     })
 
 
-def _gflow_version() -> str:
+def _installed_version(package: str) -> str:
+    """The installed distribution's version, read from its metadata (importing torchdiffeq
+    for its ``__version__`` would load SciPy's integrate and optimize into every run)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("gflow")
+        return version(package)
     except PackageNotFoundError:
         return "unknown"
 

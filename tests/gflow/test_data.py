@@ -1,5 +1,7 @@
 import gzip
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,36 @@ def test_teacher_set_is_balanced_and_reproducible():
     assert a.x_train.shape == (200, 5)
     assert a.digest() == load(RunConfig(dataset="teacher", ptr=200, pte=100, dim=5)).digest()
     assert abs(float(a.y_train.mean())) < 0.3
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():
+    from sklearn.datasets import load_digits
+
+    from gflow.data import digits
+
+    x, c = digits()
+    reference = load_digits()
+    assert x.dtype == np.float64 and c.dtype == np.int64
+    assert np.array_equal(x, reference.data) and np.array_equal(c, reference.target)
+
+
+def test_digits_fall_back_to_load_digits_where_the_bundled_file_is_not_found(monkeypatch):
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from gflow.data import digits
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    x, c = digits()
+    assert np.array_equal(x, load_digits().data) and np.array_equal(c, load_digits().target)
+
+
+def test_loading_the_default_data_does_not_import_scikit_learn():
+    code = ("import sys; from gflow.config import RunConfig; from gflow.data import load; "
+            "load(RunConfig()); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_downsample_averages_square_blocks_of_each_image():
