@@ -418,6 +418,7 @@ def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     problems = list(dict.fromkeys(table["problem"]))
     # One colour per method across panels, and a legend on each: panels hold different methods.
@@ -430,6 +431,9 @@ def work_precision_plot(table: pd.DataFrame, path: str | Path) -> None:
             g = g.sort_values("evals")
             ax.loglog(g["evals"], g["error"], "o-", label=method, color=colour[method])
         ax.set_title(problem)
+        # Labels on the decades only: matplotlib labels the minor ticks of a log axis that
+        # spans less than a decade or two, and those labels overlap.
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("gradient evaluations")
         ax.set_ylabel("relative error of f(T) on train")
         ax.grid(True, which="both", alpha=0.3)
