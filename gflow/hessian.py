@@ -26,6 +26,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from .autodiff import composite_attention
+from .errors import GflowError
 
 if TYPE_CHECKING:
     from .flow import GradientFlow
@@ -69,7 +70,11 @@ def top_eigenvalues(flow: GradientFlow, w: torch.Tensor, k: int = 1, tol: float 
     def matvec(v: np.ndarray) -> np.ndarray:
         nonlocal count
         count += 1
-        return product(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).cpu().double().numpy()
+        hv = product(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).cpu().double().numpy()
+        if not np.isfinite(hv).all():  # else ARPACK fails with "could not build an Arnoldi factorization"
+            raise GflowError("a Hessian-vector product is not finite (the loss's second derivative overflows "
+                             "at this state, or the state is not finite): no Hessian spectrum here")
+        return hv
 
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(n)

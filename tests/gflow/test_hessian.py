@@ -95,3 +95,24 @@ def test_an_exponential_run_records_a_ritz_value_per_step_near_the_stored_sharpn
     # The first step starts at w0, where the stored spectrum was taken: a lower bound, close.
     sharpness = traj.hessian_spectrum()[1][0, 0]
     assert 0.5 * sharpness < steps["ritz_max"].iloc[0] <= sharpness * (1 + 1e-6)
+
+
+def test_a_float32_runs_spectrum_stays_finite_once_margins_pass_where_the_loss_underflows(tmp_path):
+    # margins reach y a > 5.4 here: the soft hinge's argument falls below -88.7, where e^-x overflows in float32
+    cfg = gflow.RunConfig(ptr=200, pte=100, width=30, t_end=300.0, saves=11, hessian_k=2, dtype="float32")
+    traj = gflow.run(cfg, tmp_path / "f32.h5", progress=False)
+    assert traj.status == "finished"
+    _, spectrum = traj.hessian_spectrum()
+    assert np.isfinite(spectrum).all() and spectrum[-1, 0] > 0
+    flow = gflow.build(cfg)
+    a = flow.scaled(torch.as_tensor(traj.outputs(-1)), "train")
+    assert float((flow.y_train * a).max()) > 5.4
+
+
+def test_a_hessian_product_that_is_not_finite_is_one_clear_error(tiny, monkeypatch):
+    import gflow.hessian as hessian
+
+    flow, w, _ = tiny
+    monkeypatch.setattr(hessian, "hessian_vector_product", lambda flow, w: lambda v: v * float("nan"))
+    with pytest.raises(gflow.GflowError, match="a Hessian-vector product is not finite"):
+        top_eigenvalues(flow, w, 2)
