@@ -368,15 +368,35 @@ def sources_of(f: h5py.File) -> dict[str, dict[str, Any]]:
     }
 
 
-def create_checkpoint(f: h5py.File, state: np.ndarray) -> None:
+def create_checkpoint(f: h5py.File, state: np.ndarray, hessian: tuple[int, int] | None = None) -> None:
     """The empty /checkpoint group for states like ``state`` (see CHECKPOINT_COLUMNS), with
-    a digest per slot (version 5)."""
+    a digest per slot (version 5) and, for a run that stores the Hessian's top k
+    eigenvalues (``hessian`` = (parameters, k)), the eigenvectors that start the next
+    save's Lanczos iteration."""
     checkpoint = f.create_group("checkpoint")
     create_array(checkpoint, "current", np.int64(-1))
     create_array(checkpoint, "scalars", np.full((2, len(CHECKPOINT_COLUMNS)), np.nan))
     checkpoint.create_dataset("state", shape=(2, len(state)), dtype=state.dtype, chunks=(1, max(len(state), 1)),
                               fletcher32=True)
     create_array(checkpoint, "digest", shape=(2,), dtype="S64")
+    if hessian is not None:
+        checkpoint.create_dataset("hessian_vectors", shape=(2, *hessian), dtype=np.float64, chunks=(1, *hessian),
+                                  fletcher32=True, fillvalue=np.nan)
+
+
+def read_hessian_start(f: h5py.File, shape: tuple[int, int]) -> np.ndarray | None:
+    """The current checkpoint slot's Hessian eigenvectors (``shape``: parameters x k), where
+    the file has them and they were written; else None (a cold start). Vectors of another
+    shape are a FileFormatError."""
+    if "checkpoint" not in f or "hessian_vectors" not in f["checkpoint"]:
+        return None
+    stored = f["checkpoint/hessian_vectors"]
+    if stored.shape != (2, *shape) or stored.dtype.kind != "f":
+        raise FileFormatError(f"{f.filename}: /checkpoint/hessian_vectors should be floating point of shape "
+                              f"{(2, *shape)} (the run's parameters and hessian_k), found {stored.dtype} {stored.shape}")
+    slot = int(scalar(f, "checkpoint/current", f.filename, "if"))
+    vectors = read_data(stored, slot) if slot >= 0 else None
+    return vectors if vectors is not None and np.isfinite(vectors).all() else None
 
 
 def upgrade(f: h5py.File, sources: dict[str, dict[str, Any]], state: np.ndarray) -> None:

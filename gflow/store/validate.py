@@ -360,6 +360,8 @@ def _check_checkpoint(f: _Tree, where: str, state: int, rows: int, digest: bool)
     dataset(f, "checkpoint/state", where, "f", (2, state))
     if digest or "digest" in f.members("checkpoint"):
         dataset(f, "checkpoint/digest", where, "S", (2,))
+    if "hessian_vectors" in f.members("checkpoint"):
+        dataset(f, "checkpoint/hessian_vectors", where, "f", (2, None, None))
     if current >= 0:
         t, _, step, evals, _, saves, row = read_data(scalars, int(current)).tolist()
         counts = (step, evals, saves)

@@ -55,6 +55,7 @@ from .format import (
     open_file,
     open_plain_or_swmr,
     read_checkpoint,
+    read_hessian_start,
     repair_truncated,
     state_digest,
     upgrade,
@@ -167,6 +168,8 @@ class TrajectoryWriter(Observer):
                 self.file = h5py.File(self.path, "r+", **WRITE_OPTIONS)
                 upgrade(self.file, sources(flow), flow.y0.cpu().numpy())
                 self._forwards = _forwards_so_far(self.file, self.path)
+                # The next save's Lanczos starts where the uninterrupted run's would: resumed bitwise.
+                self._hessian_vectors = read_hessian_start(self.file, (flow.n_params, self._hessian_k))
                 if flow.cfg.kernel_n > 0:
                     self._theta0 = torch.from_numpy(self.file["init/theta"][()]).to(flow.w0)
             else:
@@ -192,6 +195,9 @@ class TrajectoryWriter(Observer):
                     raise DiskFull(f"{why} {self.path} while creating it ({_free(self.path)} free); no file written",
                                    unclean=True) from None
         except BaseException:
+            if resume and getattr(self, "file", None) is not None:  # a file found wanting after it was opened
+                with contextlib.suppress(Exception):
+                    self.file.close()
             self._discard_new()
             self._lock.release()
             raise
@@ -282,7 +288,7 @@ class TrajectoryWriter(Observer):
         create_table(saves, "state", (len(flow.y0),), dtype, fill=np.nan)
         if flow.cfg.save_derivatives:
             create_table(saves, "dstate", (len(flow.y0),), dtype, fill=np.nan)
-        create_checkpoint(f, flow.y0.cpu().numpy())
+        create_checkpoint(f, flow.y0.cpu().numpy(), (flow.n_params, self._hessian_k) if self._hessian_k else None)
         if flow.cfg.kernel_n > 0:
             self._theta0 = self._kernel(flow.w0)
             create_array(init, "theta", self._theta0.cpu().numpy())
@@ -355,15 +361,18 @@ class TrajectoryWriter(Observer):
         with self._writing():
             self._write_save(record, record.index in self._with_state)
             if record.closes_step:
-                self._checkpoint = _Checkpoint.at(record, record.dt, self._save_rows(), self._last_row_state)
+                self._checkpoint = _Checkpoint.at(record, record.dt, self._save_rows(), self._last_row_state,
+                                                  self._hessian_vectors)
                 elapsed = time.monotonic() - self._committed
                 if elapsed >= min(self._commit_cost / COMMIT_SHARE, STEP_FLUSH_S):
                     self._commit()
 
     def _save_bytes(self) -> int:
-        """Bytes one save appends at most (rows, buffered steps, a kernel snapshot, a state, a checkpoint)."""
+        """Bytes one save appends at most (rows, buffered steps, a kernel snapshot, a state, a
+        checkpoint with its Hessian eigenvectors)."""
         flow, item = self.flow, self.flow.w0.element_size()
         n = item * (flow.f0_train.numel() + flow.f0_test.numel() + len(flow.y0) * (3 + flow.cfg.save_derivatives))
+        n += 8 * flow.n_params * self._hessian_k
         kernel = self.flow.cfg.kernel_n * (flow.outputs_k if flow.cfg.kernel_outputs == "full" else 1)
         return n + 8 * (len(SAVE_SCALARS) + len(flow.model.layers) + len(self._hidden0) + self._hessian_k + 6 + len(STEP_COLUMNS) * (len(self._rows) + 1)) + \
             item * kernel**2
@@ -446,6 +455,8 @@ class TrajectoryWriter(Observer):
                   "evals": point.evals, "wall": point.wall, "saves": point.saves,
                   "row": point.saves - 1 if point.in_row else -1}
         ckpt["scalars"][slot] = [values[c] for c in CHECKPOINT_COLUMNS]
+        if point.hessian is not None and "hessian_vectors" in ckpt:  # absent in a file made before them
+            ckpt["hessian_vectors"][slot] = point.hessian
         return slot
 
     def _stage(self, name: str, row: np.ndarray | float) -> None:
@@ -558,7 +569,8 @@ class TrajectoryWriter(Observer):
                     if stop.status != "stopped":
                         self._write_save(self._pending, True)
                     self._checkpoint = _Checkpoint.at(self._pending, dt, self._save_rows(),
-                                                      self._last_row_state and stop.status != "stopped")
+                                                      self._last_row_state and stop.status != "stopped",
+                                                      self._hessian_vectors)
                     self._pending = None
                 self._commit()
                 if stop.status != "stopped":
@@ -578,8 +590,9 @@ class TrajectoryWriter(Observer):
 class _Checkpoint:
     """What resuming at the end of a save's step needs (see CHECKPOINT_COLUMNS): its state
     (held, not copied, until the commit that writes it or the next step), the step size to
-    go on with, the counters, and ``saves``, the rows up to it (``in_row``: the last of them
-    holds the state)."""
+    go on with, the counters, ``saves``, the rows up to it (``in_row``: the last of them
+    holds the state), and the last save's Hessian eigenvectors (``hessian``, None without a
+    spectrum), which start the next save's Lanczos iteration."""
 
     t: float
     y: torch.Tensor
@@ -589,14 +602,16 @@ class _Checkpoint:
     wall: float
     saves: int
     in_row: bool
+    hessian: np.ndarray | None = None
 
     @classmethod
-    def at(cls, record: SaveRecord, dt: float | None, saves: int, row_has_state: bool) -> _Checkpoint:
+    def at(cls, record: SaveRecord, dt: float | None, saves: int, row_has_state: bool,
+           hessian: np.ndarray | None = None) -> _Checkpoint:
         """The end of ``record``'s latest accepted step; its state is in the last of the
         ``saves`` rows when that row holds a state and was saved at that very time."""
         last = record.last
         return cls(last.t, last.y, dt, record.steps, record.evals, record.wall, saves,
-                   row_has_state and saves > 0 and record.t == last.t)
+                   row_has_state and saves > 0 and record.t == last.t, hessian)
 
 
 _NO_ROOM = {errno.ENOSPC: "no space left on the disk of", errno.EFBIG: "the file size limit (ulimit -f) stopped",

@@ -1,10 +1,12 @@
 """The Hessian spectrum against an independent dense computation, and as stored in a run."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 import gflow
+from gflow import RunConfig
 from gflow.hessian import hessian_vector_product, top_eigenvalues
 
 from .configs import TINY
@@ -61,6 +63,46 @@ def test_a_run_stores_the_spectrum_at_every_save_as_a_fresh_computation_gives(tm
     assert np.all(traj.hessian_products() > 0)
     table = gflow.catalog(tmp_path)
     assert table["sharpness"].iloc[0] == pytest.approx(values[-1, 0])
+
+
+HESSIAN_RUN = RunConfig(ptr=60, pte=20, width=12, t_end=50.0, saves=9, hessian_k=2)  # the default method
+
+
+def _stopped_halfway(tmp_path):
+    whole = gflow.run(HESSIAN_RUN, tmp_path / "whole.h5", progress=False)
+    steps = int(whole.summary()["step"])
+    part = gflow.run(HESSIAN_RUN.replace(max_steps=steps // 2), tmp_path / "part.h5", progress=False)
+    assert part.status == "stopped" and 2 < len(part) < len(whole)
+    return whole, part
+
+
+def test_a_resumed_run_continues_its_spectra_bitwise_from_the_checkpoints_eigenvectors(tmp_path):
+    whole, part = _stopped_halfway(tmp_path)
+    done = gflow.resume(part.path, max_steps=10**6, progress=False)
+    assert done.status == "finished"
+    assert np.array_equal(done.read("saves/hessian"), whole.read("saves/hessian"))
+    assert np.array_equal(done.read("saves/hessian_products"), whole.read("saves/hessian_products"))
+
+
+def test_a_checkpoint_without_eigenvectors_resumes_from_a_cold_start_to_the_spectrums_tolerance(tmp_path):
+    whole, part = _stopped_halfway(tmp_path)
+    with h5py.File(part.path, "r+") as f:  # as a file written before the checkpoint held them
+        del f["checkpoint/hessian_vectors"]
+    done = gflow.resume(part.path, max_steps=10**6, progress=False)
+    assert np.array_equal(done.state(-1), whole.state(-1))
+    resumed, uninterrupted = done.read("saves/hessian"), whole.read("saves/hessian")
+    assert not np.array_equal(resumed, uninterrupted)  # a cold start: other rounding
+    assert np.allclose(resumed, uninterrupted, rtol=10 * HESSIAN_RUN.hessian_tol, atol=0)
+
+
+def test_checkpoint_eigenvectors_of_the_wrong_shape_are_a_format_error(tmp_path):
+    _, part = _stopped_halfway(tmp_path)
+    with h5py.File(part.path, "r+") as f:
+        del f["checkpoint/hessian_vectors"]
+        f["checkpoint"].create_dataset("hessian_vectors", data=np.zeros((2, 3, 2)))
+    with pytest.raises(gflow.FileFormatError, match="hessian_vectors should be floating point of shape"):
+        gflow.resume(part.path, max_steps=10**6, progress=False)
+    assert gflow.open(part.path).status == "stopped" and not part.path.with_name("part.h5.lock").exists()
 
 
 def test_a_run_without_a_spectrum_says_how_to_get_one(tmp_path):
