@@ -24,7 +24,7 @@ missing (a sweep), so a killed run resumes.
 4 seeds, at most t = 1e4 (a member that has not reached margin 1 by then ends ``finished`` at
 t_end, and its numbers say so).
 
-Needs the Fashion-MNIST files (``apt-get install dataset-fashion-mnist``).
+Needs the Fashion-MNIST files (``apt-get install dataset-fashion-mnist``, or ``--data-dir``).
 """
 
 from __future__ import annotations
@@ -46,19 +46,20 @@ FULL = {"ptr": 10_000, "pte": 2_000, "widths": [100, 300, 1000], "alphas": list(
 REDUCED = {"ptr": 1_000, "pte": 500, "widths": [30, 100], "alphas": [1e-2, 1.0, 1e2], "seeds": 4, "t_end": 1e4}
 
 
-def sweep_of(size: dict, device: str) -> gflow.Sweep:
-    base = {"dataset": "fashion-mnist", "labels": "halves", "ptr": size["ptr"], "pte": size["pte"], "depth": 3,
+def sweep_of(size: dict, device: str, data_dir: str = DEFAULT_DIRS["fashion-mnist"]) -> gflow.Sweep:
+    base = {"dataset": "fashion-mnist", "data_dir": data_dir, "labels": "halves", "ptr": size["ptr"], "pte": size["pte"], "depth": 3,
             "act": "softplus", "loss": "softhinge", "stop_margin": 1.0, "t_end": size["t_end"], "saves": 40,
             "kernel_n": 200, "kernel_every": 4, "device": device}
     return gflow.Sweep(base=base, grid={"alpha": [float(a) for a in size["alphas"]], "width": size["widths"],
                                         "seed": list(range(size["seeds"]))})
 
 
-def per_evaluation(size: dict, width: int, device: str) -> tuple[float, bool]:
+def per_evaluation(size: dict, width: int, device: str,
+                   data_dir: str = DEFAULT_DIRS["fashion-mnist"]) -> tuple[float, bool]:
     """Seconds of one evaluation of the run's own vector field at ``size``'s training set
     and width ``width`` (median of 3, after one that compiles where the run would:
     gflow.compilation), and whether it is compiled."""
-    cfg = gflow.RunConfig(dataset="fashion-mnist", labels="halves", ptr=size["ptr"], pte=10, depth=3, width=width,
+    cfg = gflow.RunConfig(dataset="fashion-mnist", data_dir=data_dir, labels="halves", ptr=size["ptr"], pte=10, depth=3, width=width,
                           device=device)
     flow = gflow.build(cfg)
     times = []
@@ -77,13 +78,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--reduced", action="store_true", help="the reduced size (see the module's docstring)")
     parser.add_argument("--workers", type=int, default=1, help="ensembles at a time (default 1)")
+    parser.add_argument("--data-dir", default=DEFAULT_DIRS["fashion-mnist"], help="Fashion-MNIST's IDX files")
     args = parser.parse_args()
-    if not Path(DEFAULT_DIRS["fashion-mnist"]).is_dir():
-        raise SystemExit("paper_size: needs Fashion-MNIST in /usr/share/datasets/fashion-mnist "
-                         "(apt-get install dataset-fashion-mnist)")
+    if not Path(args.data_dir).is_dir():
+        raise SystemExit(f"paper_size: needs Fashion-MNIST in {args.data_dir} "
+                         "(apt-get install dataset-fashion-mnist, or --data-dir)")
     size = REDUCED if args.reduced else FULL
     out = Path(args.out)
-    sweep = sweep_of(size, args.device)
+    sweep = sweep_of(size, args.device, args.data_dir)
     start = time.perf_counter()
     results = gflow.run_sweep(sweep, out, workers=args.workers)
     wall = time.perf_counter() - start
@@ -97,7 +99,7 @@ def main() -> None:
                                                      t=("t", "mean"), wall=("wall", "mean"),
                                                      train_err=("train_err", "mean"))
     print(groups.to_string(float_format=lambda v: f"{v:.3g}"))
-    measured = {h: per_evaluation(FULL, h, args.device) for h in FULL["widths"]}
+    measured = {h: per_evaluation(FULL, h, args.device, args.data_dir) for h in FULL["widths"]}
     full_cost = {h: cost for h, (cost, _) in measured.items()}
     # Each full-size member needs as many evaluations as this invocation's members of the
     # nearest width and the same alpha needed (exact when this is the full size).

@@ -32,6 +32,7 @@ from pathlib import Path
 from .batching import Batch
 from .config import RunConfig
 from .errors import ConfigError, GflowError
+from .flow import available_device
 from .manifest import Manifest
 from .references import check_trusted
 from .run import Interrupted, SignalStop
@@ -77,6 +78,7 @@ def run_ensemble(cfg: RunConfig, out: str | Path, *, on_member: OnMember | None 
     member is built from its own seed; likewise the data and loss (a sweep's rule)."""
     if cfg.ensemble < 2:
         raise ConfigError("ensemble", cfg.ensemble, "an ensemble has at least 2 members; run a single config with run()")
+    available_device(cfg.device)  # every member's: one error, before the directory is made
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GflowError(f"ensemble output {out} exists and is not a directory: an ensemble writes one file per member")

@@ -321,6 +321,18 @@ def _flow_class(cfg: RunConfig) -> type[GradientFlow]:
     return {"central": CentralFlow, "modified": ModifiedFlow}.get(cfg.flow or "gradient", GradientFlow)
 
 
+def available_device(name: str) -> torch.device:
+    """The torch device ``name`` (cpu, cuda, cuda:N), or a ConfigError saying why this
+    machine has none such."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", name, "CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("device", name, f"this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | None = None,
           loss: Loss | str | None = None, file: str | os.PathLike[str] | None = None,
           trust_code: bool = False) -> GradientFlow:
@@ -342,12 +354,7 @@ def build(cfg: RunConfig, *, model: nn.Module | None = None, data: DataArg | Non
     None) needs no opt-in, nor do built-in networks, data and losses.
     """
     dtype = getattr(torch, cfg.dtype)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", cfg.device, "CUDA is not available on this machine; use cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError("device", cfg.device, f"this machine has {torch.cuda.device_count()} GPU(s), "
-                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    device = available_device(cfg.device)
     gate = {"file": file, "trust_code": trust_code}
     named = [(field, getattr(cfg, field), getattr(cfg, f"{field}_args", None))
              for field, given in (("model", model), ("data", data), ("loss", loss))

@@ -155,3 +155,26 @@ def test_the_evaluation_benchmark_times_eager_compiled_and_raw_in_one_process(tm
     assert min(row["raw_ms"], row["eager_ms"], row["compiled_ms"], row["compile_s"]) > 0
     assert row["eager_over_compiled"] == pytest.approx(row["eager_ms"] / row["compiled_ms"])
     assert (tmp_path / "evaluation.md").is_file()
+
+
+def test_the_device_check_passes_every_check_on_the_cpu_and_writes_its_rows(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/device_check.py", "--device", "cpu", "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["check"]: r for r in json.loads((tmp_path / "device_check.json").read_text())["checks"]}
+    assert list(rows) == ["run", "resume", "ensemble", "float32", "commands", "timing"]
+    assert all(r["passed"] for r in rows.values())
+    assert rows["resume"]["bitwise"] is True and rows["ensemble"]["members"] == 3
+    assert rows["run"]["f_diff"] == 0.0 and rows["run"]["error_device"] > 0  # the CPU against itself; a real error
+    assert rows["timing"]["h30_float64_eager_cpu_ms"] > 0
+    assert "all checks passed" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_device_check_reports_each_failing_check_and_exits_1(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/device_check.py", "--device", "cuda", "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    rows = json.loads((tmp_path / "device_check.json").read_text())["checks"]
+    assert not rows[0]["passed"] and "gflow run" in rows[0]["error"] and "exit 2" in rows[0]["error"]
+    assert "FAILED: run" in proc.stdout

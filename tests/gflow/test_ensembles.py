@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import gflow
 from gflow import ConfigError, GflowError, RunConfig
@@ -181,6 +182,14 @@ def test_ensembles_need_the_network_from_the_config_and_a_directory(tmp_path, ca
         run_ensemble(BASE.replace(ensemble=2), tmp_path / "file")
     with pytest.raises(GflowError, match="nor an ensemble directory"):
         resume_ensemble(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_ensemble_on_a_device_this_machine_lacks_is_one_error_and_makes_no_directory(tmp_path, capsys):
+    assert main(["run", "--ptr", "40", "--pte", "10", "--width", "8", "--device", "cuda", "--ensemble", "3",
+                 "--out", str(tmp_path / "ens")]) == 2
+    assert "device = 'cuda': CUDA is not available on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "ens").exists()
 
 
 def test_a_round_that_raises_fails_every_member_waiting_on_it_and_none_hangs(tmp_path, monkeypatch):
