@@ -177,7 +177,8 @@ class RunConfig:
     threads: int | None = _f(None, "torch threads of the run (default: OMP_NUM_THREADS, else the cores the load "
                              "average leaves free, at least 1; a sweep worker's share of the cores; recorded in "
                              "the file)")
-    dtype: str = _f("float64", "floating-point precision")
+    dtype: str = _f("float64", "floating-point precision (a built-in network draws w0 from the seed in this "
+                               "precision: float32's w0 is its own draw, not float64's rounded)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
