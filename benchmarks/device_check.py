@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's gflow, installed or not (the device machine has it bare)
 
 import gflow  # noqa: E402
+from gflow.bench import evaluation_cost  # noqa: E402
 from gflow.data import DEFAULT_DIRS  # noqa: E402
 from gflow.store import TrajectoryFile  # noqa: E402
 
@@ -118,20 +119,6 @@ class Checks:
 
 def _short(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def evaluation_seconds(cfg: gflow.RunConfig) -> float:
-    """One evaluation of ``cfg``'s vector field: median of 3 after a warm-up (which
-    compiles, where the config compiles)."""
-    flow = gflow.build(cfg)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        flow.evaluate(0.0, flow.y0)
-        if flow.y0.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
 
 
 def main() -> None:
@@ -240,7 +227,7 @@ def main() -> None:
         for width, dtype, compiled, where in cases:
             cfg = gflow.RunConfig(**data, width=width, dtype=dtype, compile=compiled, device=where)
             key = f"h{width}_{dtype}_{'compiled' if compiled else 'eager'}_{where.split(':')[0]}_ms"
-            measured[key] = round(1e3 * evaluation_seconds(cfg), 3)
+            measured[key] = round(1e3 * evaluation_cost(gflow.build(cfg)), 3)
         return True, measured
 
     for name, check in (("run", run_check), ("resume", resume_check), ("ensemble", ensemble_check),

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import gflow
+from gflow.bench import evaluation_cost
 from gflow.data import DEFAULT_DIRS
 from gflow.plots import plot
 
@@ -59,17 +59,10 @@ def per_evaluation(size: dict, width: int, device: str,
     """Seconds of one evaluation of the run's own vector field at ``size``'s training set
     and width ``width`` (median of 3, after one that compiles where the run would:
     gflow.compilation), and whether it is compiled."""
-    cfg = gflow.RunConfig(dataset="fashion-mnist", data_dir=data_dir, labels="halves", ptr=size["ptr"], pte=10, depth=3, width=width,
-                          device=device)
+    cfg = gflow.RunConfig(dataset="fashion-mnist", data_dir=data_dir, labels="halves", ptr=size["ptr"], pte=10,
+                          depth=3, width=width, device=device)
     flow = gflow.build(cfg)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        flow.evaluate(0.0, flow.y0)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:])), flow.compiles
+    return evaluation_cost(flow), flow.compiles
 
 
 def main() -> None:

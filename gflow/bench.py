@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from solvers import integrate
 
@@ -86,6 +87,19 @@ def _raw_pass(flow: GradientFlow) -> Callable[[], None]:
         loss.backward()
 
     return once
+
+
+def evaluation_cost(flow: GradientFlow, repeats: int = 3) -> float:
+    """Seconds of one evaluation of ``flow``'s vector field: the median of ``repeats`` after
+    one that compiles where the flow compiles, each waited for on a GPU."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        flow.evaluate(0.0, flow.y0)
+        if flow.y0.is_cuda:
+            torch.cuda.synchronize(flow.y0.device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
 
 
 def raw_cost(flow: GradientFlow, repeats: int = 30) -> float:
