@@ -22,8 +22,8 @@ files are compared through the reader. The checks (a row each, printed and writt
   member's f(T) within 3x the larger error of it and its own single device run, against
   tight runs of each seed; its evaluations within 10% of the single run's.
 - ``float32``: the run in float32 on the device and on the CPU (a float32 run starts
-  from its own draw of w0, not float64's rounded): f(T) within 1e-2 of each other,
-  relative to the displacement (20x the spread between one and two CPU threads).
+  from its own draw of w0, not float64's rounded): f(T) within 2e-3 of each other,
+  relative to the displacement (35x the spread between one and two CPU threads).
 - ``commands``: ``gflow show`` and ``gflow t1`` read the device's file.
 - ``timing``: one evaluation at the paper's size (Fashion-MNIST 10k points, FC L = 3
   softplus, h in {100, 300, 1000}; ``--quick``: 1000 digits, h = 30; median of 3 after a
@@ -66,9 +66,9 @@ QUICK = ["--ptr", "200", "--pte", "100", "--width", "30", "--t-end", "300", "--s
 # without them (observers change no step).
 INSTRUMENTS = ["--kernel-n", "50", "--kernel-every", "10", "--hessian-k", "2"]
 TIGHT = ["--rtol", "1e-8"]
-# float32 runs of one config on two CPU thread counts (other rounding) differ by 5e-4 in
-# f(T) relative to its displacement on the default run: a device may differ by 20x that.
-FLOAT32_BOUND = 1e-2
+# float32 runs of one config on two CPU thread counts (other rounding) differ by 5.7e-5 in
+# f(T) relative to its displacement on the default run: a device may differ by 35x that.
+FLOAT32_BOUND = 2e-3
 COMPARED = ("saves/f_train", "saves/f_test", "saves/state", "kernel/theta", "saves/hessian")
 
 
