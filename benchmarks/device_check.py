@@ -198,8 +198,7 @@ def main() -> None:
 
     def float32_check() -> tuple[bool, dict]:
         dev, cpu = run("float32", *on, "--dtype", "float32"), run("cpu32", "--device", "cpu", "--dtype", "float32")
-        f0 = TrajectoryFile(cpu).outputs(0)
-        diff = float(np.linalg.norm(final_train(dev) - final_train(cpu)) / np.linalg.norm(final_train(cpu) - f0))
+        diff = error(dev, cpu)  # relative to the CPU run's displacement, as against a reference
         finished = all(TrajectoryFile(p).status == "finished" for p in (dev, cpu))
         return finished and diff <= FLOAT32_BOUND, {"f_diff": diff, "evals_device": TrajectoryFile(dev).summary()["evals"],
                                                      "wall_device_s": wall["float32"], "wall_cpu_s": wall["cpu32"]}
