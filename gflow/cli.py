@@ -118,9 +118,8 @@ def _run_ensemble(args: argparse.Namespace) -> int:
             raise GflowError(f"--ensemble {cfg.ensemble}: give --out DIR, the directory of the members' files")
         why = one_by_one(cfg)
         how = f"members integrated one after another: {why}" if why else "members integrated together (vmap)"
-        print(f"ensemble of {cfg.ensemble} (seeds {cfg.seed}..{cfg.seed + cfg.ensemble - 1}) into {args.out}; {how}",
-              flush=True)
-        results = run_ensemble(cfg, args.out, on_member=line)
+        header = f"ensemble of {cfg.ensemble} (seeds {cfg.seed}..{cfg.seed + cfg.ensemble - 1}) into {args.out}; {how}"
+        results = run_ensemble(cfg, args.out, on_member=line, on_start=lambda: print(header, flush=True))
     print(summarize(results))
     return 0 if all(r["status"] == "finished" for r in results) else 1
 

@@ -69,10 +69,13 @@ def members(cfg: RunConfig) -> Sweep:
     return Sweep(base=fields, grid={"seed": list(range(cfg.seed, cfg.seed + cfg.ensemble))})
 
 
-def run_ensemble(cfg: RunConfig, out: str | Path, *, on_member: OnMember | None = None) -> list[dict[str, str]]:
+def run_ensemble(cfg: RunConfig, out: str | Path, *, on_member: OnMember | None = None,
+                 on_start: Callable[[], None] | None = None) -> list[dict[str, str]]:
     """Integrate every member of the ensemble ``cfg`` that is not finished into the directory
     ``out`` (created if absent) and return one result per member (name, action, status,
-    reason), as :func:`gflow.run_sweep` does; ``on_member`` sees each as it ends.
+    reason), as :func:`gflow.run_sweep` does; ``on_member`` sees each as it ends, and
+    ``on_start`` is called once the ensemble is accepted (its device, its directory), before
+    any member is built (the CLI's header: not printed above an error).
 
     The network must come from the config (gflow's own, or a factory reference), since each
     member is built from its own seed; likewise the data and loss (a sweep's rule)."""
@@ -94,6 +97,8 @@ def run_ensemble(cfg: RunConfig, out: str | Path, *, on_member: OnMember | None 
     Manifest(out).update({name: {"state": "planned", "reason": "", "config": {
         k: v for k, v in member.to_dict().items() if v != defaults[k]}}
         for name, member in planned.items() if name not in recorded})
+    if on_start is not None:
+        on_start()
     return _run_members([(name, member, out / f"{name}.h5") for name, member in planned.items()], on_member)
 
 

@@ -381,13 +381,19 @@ def run_sweep(
     if workers is not None and workers < 1:
         raise GflowError(f"workers = {workers}: must be >= 1")
     out = Path(out)
+    runs = sweep.runs()
+    remote = scheduler or cluster is not None or engine in JOBQUEUES
+    if not remote:  # this machine runs them: a device it lacks is one error, before anything is made
+        from .flow import available_device  # torch: not for the sweeps that run elsewhere
+
+        for device in dict.fromkeys(cfg.device for cfg in runs):
+            available_device(device)
     try:
         if out.exists() and not out.is_dir():
             raise GflowError(f"sweep output {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a read-only place, a name too long for the file system
         raise GflowError(f"cannot create the sweep directory {out}: {e.strerror}") from None
-    runs = sweep.runs()
     groups = _groups(sweep, runs, out, ensembles)
     # Every run on record before any starts; this also finds an unwritable directory now.
     defaults = RunConfig().to_dict()
@@ -398,7 +404,6 @@ def run_sweep(
     # core in every worker and the workers would fight over them.
     # (a remote scheduler's workers have cores of their own: Dask's nanny sets their
     # OMP_NUM_THREADS, which gflow.threads honours).
-    remote = scheduler or cluster is not None or engine in JOBQUEUES
     threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
     if engine in JOBQUEUES:
         jobs = jobs or Jobs()

@@ -188,8 +188,18 @@ def test_ensembles_need_the_network_from_the_config_and_a_directory(tmp_path, ca
 def test_an_ensemble_on_a_device_this_machine_lacks_is_one_error_and_makes_no_directory(tmp_path, capsys):
     assert main(["run", "--ptr", "40", "--pte", "10", "--width", "8", "--device", "cuda", "--ensemble", "3",
                  "--out", str(tmp_path / "ens")]) == 2
-    assert "device = 'cuda': CUDA is not available on this machine" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "device = 'cuda': CUDA is not available on this machine" in err
+    assert out == ""  # no "ensemble of 3 ..." header above the error
     assert not (tmp_path / "ens").exists()
+
+
+def test_an_ensemble_announces_itself_once_accepted_and_before_its_members(tmp_path, capsys):
+    assert main(["run", "--ptr", "40", "--pte", "10", "--width", "8", "--t-end", "2", "--saves", "2",
+                 "--ensemble", "2", "--out", str(tmp_path / "ens")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ensemble of 2 (seeds 0..1) into ")
+    assert [line.split()[0] for line in lines[1:3]] == ["finished", "finished"]
 
 
 def test_a_round_that_raises_fails_every_member_waiting_on_it_and_none_hangs(tmp_path, monkeypatch):

@@ -360,6 +360,14 @@ def test_a_read_only_or_unnameable_output_directory_is_one_line(tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and "File name too long" in err, err
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_local_sweep_on_a_device_this_machine_lacks_is_one_line_and_makes_nothing(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(TINY.replace("[grid]", 'device = "cuda"\n\n[grid]'))
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs")
+    assert code == 2 and err.count("\n") == 1 and "device = 'cuda': CUDA is not available on this machine" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_damaged_manifest_is_one_row_and_never_hides_the_runs(tmp_path):
     traj = gflow.run(gflow.RunConfig(ptr=20, pte=5, width=4, t_end=1.0, saves=2), tmp_path / "a.h5", progress=False)
     (tmp_path / "gflow-sweep.json").write_text("[" * 100_000)
