@@ -66,12 +66,12 @@ def jax_evaluation(flow) -> Callable[[], None] | None:
     n = x.shape[0]
 
     def loss(weights):
-        z = x
-        for i, (w, c) in enumerate(zip(weights, multipliers)):
-            z = (z @ w.T) * c
-            if i < len(weights) - 1:
-                z = jax.nn.softplus(z) * scale
-        a = alpha * (kappa * z[:, 0] - f0)
+        z, last = x, len(weights) - 1
+        for i, (w, c) in enumerate(zip(weights, multipliers)):  # the scalars on the weights, as gflow.models._folded
+            z = z @ (w * (c * (scale if i else 1.0) * (kappa if i == last else 1.0))).T
+            if i < last:
+                z = jax.nn.softplus(z)
+        a = alpha * (z[:, 0] - f0)
         return jnp.sum(jnp.logaddexp(0.0, beta * (1.0 - y * a)) / beta) / (alpha**2 * n)
 
     step = jax.jit(jax.value_and_grad(loss))

@@ -1,19 +1,23 @@
 """Whether a run evaluates its loss and gradient through ``torch.compile``.
 
 torch.compile fuses the elementwise operations of the forward and backward passes (the
-activations, their derivatives, the scalings, the loss), so what it saves per evaluation
-grows with the elements those operations produce, n x A for n training points and A
-elements per point of one forward pass, while the matrix products cost the same compiled
-or not. Measured on this project's 2-core CPU (float64; FC L = 3 softplus on digits at
-h = 100-1000 and on 10k Fashion-MNIST points at h = 100 and 300, the built-in CNN;
-``python benchmarks/evaluation.py --threads 2``, docs/benchmarks/evaluation_2threads), the
-saving was 0.6-1.5 ns per element per evaluation (0.7-1.8 ns on one thread) at every size
-from n A = 1.2e6 to 3.6e7: 1.07-1.22x faster per evaluation. Compiling costs about 4 s
-with inductor's cache warm and about 20 s cold, so it pays back within a thousand
-evaluations (a short run of the default method: 12-30 s saved) from ``COMPILE_ELEMENTS`` =
-2e7 elements per evaluation on: the paper's 10k Fashion-MNIST points compile from h = 300
-(3.6e7), the default digits run (1.2e6), digits at h = 1000 (1.2e7) and a 1M-parameter MLP
-on 500 points (2e6) do not.
+activations, their derivatives, the loss), so what it saves per evaluation grows with the
+elements those operations produce, n x A for n training points and A elements per point of
+one forward pass, while the matrix products cost the same compiled or not. gflow's own
+networks leave it less to fuse than they did (their scalars are folded into the weights,
+gflow.models: A halved, and the eager evaluation 1.2-1.4x faster at h = 100-300, 1.1x on the
+CNN).
+Measured on this project's 2-core CPU (float64; FC L = 3 softplus on digits at h = 100-1000
+and on 10k Fashion-MNIST points at h = 100 and 300, the built-in CNN; ``python
+benchmarks/evaluation.py``, docs/benchmarks/evaluation.md on one thread and
+evaluation_2threads on two), compiling saved 0.3-1.8 ns per element per evaluation: 1.03-1.07x
+faster on one thread, 1.02-1.07x on two (1.2x at the default run's size, where that is a
+millisecond). Compiling costs about 4 s with inductor's cache warm and about 20 s cold, so
+it pays back within a run of a few hundred to a thousand evaluations from
+``COMPILE_ELEMENTS`` = 1e7 elements per evaluation on (12-14 ms saved per evaluation there):
+the paper's 10k Fashion-MNIST points compile from h = 300 (1.8e7), the default digits run
+(6e5), digits at h = 1000 (6e6), Fashion-MNIST at h = 100 (6e6) and a 1M-parameter MLP on
+500 points (2e6) do not.
 
 ``compile = None`` (the default) applies that rule; ``True`` or ``False`` decides it. The
 rule reads only the config's network and data (A is counted on the first training points),
@@ -30,7 +34,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-COMPILE_ELEMENTS = 2e7
+COMPILE_ELEMENTS = 1e7
 """Forward elements per evaluation (n x A) from which ``compile = None`` compiles."""
 
 

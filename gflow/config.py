@@ -170,9 +170,9 @@ class RunConfig:
     # compute
     chunk: int | None = _f(None, "evaluate the batch in chunks of this many points (less memory)")
     compile: bool | None = _f(None, "evaluate the loss and its gradient through torch.compile, falling back to eager "
-                              "evaluation with a note when the model does not compile (1.1-1.4x faster per evaluation; "
-                              "compiling takes 4-20 s); default: compile when the training set's forward pass produces "
-                              "at least 2e7 elements (gflow.compilation), where that pays back within a short run")
+                              "evaluation with a note when the model does not compile (1.02-1.2x faster per evaluation on a "
+                              "CPU; compiling takes 4-20 s); default: compile when the training set's forward pass "
+                              "produces at least 1e7 elements (gflow.compilation), where that pays back within a short run")
     device: str = _f("cpu", "where tensors live: cpu, cuda, or one GPU as cuda:N")
     threads: int | None = _f(None, "torch threads of the run (default: OMP_NUM_THREADS, else the cores the load "
                              "average leaves free, at least 1; a sweep worker's share of the cores; recorded in "

@@ -54,8 +54,8 @@ def difference_step(y: torch.Tensor) -> float:
     run (26,500 weights, ||y|| ~ 167, mean |y_i| ~ 0.8), against a float64 run at rtol 1e-9
     from the same w0: in float32 the ||y|| scale (e ~ 0.06) took 1,776 evaluations to an
     error of f(T) of 1.1e-3, the mean scale 727 to 5.1e-5; in float64 the two are alike
-    (774 evaluations to 2.7e-5, and 758 to 3.2e-5 with the RMS of y), and float64 keeps its
-    scale, so that its runs and benchmarks stay bit for bit those measured."""
+    (774 evaluations to 2.7e-5, and 758 to 3.2e-5 with the RMS of y), and float64 keeps the
+    scale its benchmarks were measured with."""
     scale = max(1.0, float(y.norm())) if y.dtype == torch.float64 else float(y.abs().mean()) + 1.0
     return math.sqrt(torch.finfo(y.dtype).eps) * scale
 
@@ -107,8 +107,9 @@ class JacobianKrylov:
             # million parameters, 12 rows where m ~ 6 needed 8: 35 MB of the run's peak).
             self._rows = old
         else:
+            del old  # with the release, before the new one is made: not both held at once
             if reuse is not None:
-                reuse.release()  # before the new one is made: not both held at once
+                reuse.release()
             self._rows = b.new_empty((rows, b.numel()))
         self.size = 0  # basis vectors held: dim, or dim + 1 (the next product's direction)
         if self.norm_b > 0:

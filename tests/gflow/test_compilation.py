@@ -27,9 +27,9 @@ def test_elements_per_point_counts_each_operations_output_per_point_and_not_the_
 def test_the_default_runs_forward_pass_is_counted_as_its_layers_widths():
     flow = gflow.build(RunConfig())
     a = elements_per_point(lambda x: flow.model(flow.w0, x), flow.x_train)
-    # FC L = 3, h = 100: each hidden layer's product, scaling, softplus and its normalisation
-    # (4 x 100), then the output's product, scaling, squeeze and final scaling (4 x 1)
-    assert a == 3 * 4 * 100 + 4
+    # FC L = 3, h = 100: each hidden layer's product and softplus (2 x 100), then the
+    # output's product and squeeze (2 x 1); the scalars are on the weights (not per point)
+    assert a == 3 * 2 * 100 + 2
 
 
 def test_an_explicit_setting_wins_and_unset_compiles_from_the_threshold_on(monkeypatch):
