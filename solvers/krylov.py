@@ -149,20 +149,24 @@ class JacobianKrylov:
         j = self.dim
         if self.exhausted or j >= self.max_dim:
             return False
-        y, f = self.ev.y, self.ev.dydt
-        w = self.problem.evaluate(self.ev.t, torch.add(y, self._rows[j], alpha=self._step)).dydt
-        w = torch.sub(w, f, out=w if w is not f else None).div_(self._step)
-        v, before = self.basis, float(w.norm())
+        y, f, e = self.ev.y, self.ev.dydt, self._step
+        w = self.problem.evaluate(self.ev.t, torch.add(y, self._rows[j], alpha=e)).dydt
+        # w = F(y + e v) - F(y) ~ e J v, orthogonalised unscaled: its coordinates and norm are
+        # divided by e instead (two passes over the state fewer than scaling w).
+        w = torch.sub(w, f, out=w if w is not f else None)
+        v, coordinates = self.basis, 0.0
         for _ in range(2):
             c = torch.mv(v, w)
             w.addmv_(v.T, c, alpha=-1.0)
-            self.hessenberg[: j + 1, j] += c.cpu().numpy()
+            coordinates = coordinates + c.cpu().numpy()
             norm = float(w.norm())
-            if norm * CANCELLATION >= before:
+            # ||w|| before the pass is hypot(||c||, ||w - V c||) (V orthonormal): no pass over w.
+            if norm * CANCELLATION >= math.hypot(norm, float(np.linalg.norm(coordinates))):
                 break
-        self.hessenberg[j + 1, j] = norm
+        column = self.hessenberg[:, j]
+        column[: j + 1], column[j + 1] = coordinates / e, norm / e
         self.dim += 1
-        if norm > 1e-12 * float(np.abs(self.hessenberg[: j + 1, j]).max(initial=norm)):
+        if column[j + 1] > 1e-12 * float(np.abs(column[: j + 2]).max()):
             torch.div(w, norm, out=self._next_row())  # else a lucky breakdown: K_m is J-invariant
             self.size += 1
         return True
