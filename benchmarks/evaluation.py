@@ -34,6 +34,7 @@ from gflow import RunConfig, build
 from gflow.bench import _raw_pass
 from gflow.compilation import decide, elements_per_point
 from gflow.data import DEFAULT_DIRS
+from gflow.models import activation_scale
 
 # (label, config fields): the default run's problem (digits, 1000 points, FC L = 3, softplus,
 # soft hinge) at three widths, the built-in CNN, and the paper's 10k Fashion-MNIST points
@@ -59,8 +60,7 @@ def jax_evaluation(flow) -> Callable[[], None] | None:
     module, cfg = flow.model.module, flow.cfg
     if type(module).__name__ != "FullyConnected" or cfg.loss != "softhinge" or not cfg.centered:
         return None
-    one = torch.ones((), dtype=torch.float64)
-    scale = float(module.phi(one) / torch.nn.functional.softplus(one))  # gflow's normalisation of softplus
+    scale = activation_scale("softplus")  # gflow's normalisation of softplus
     multipliers, kappa, alpha, beta = list(module.multipliers), module.kappa, flow.alpha, cfg.beta
     x, y, f0 = (jnp.asarray(t.cpu().numpy()) for t in (flow.x_train, flow.y_train, flow.f0_train))
     n = x.shape[0]

@@ -47,8 +47,8 @@ REDUCED = {"ptr": 1_000, "pte": 500, "widths": [30, 100], "alphas": [1e-2, 1.0, 
 
 
 def sweep_of(size: dict, device: str, data_dir: str = DEFAULT_DIRS["fashion-mnist"]) -> gflow.Sweep:
-    base = {"dataset": "fashion-mnist", "data_dir": data_dir, "labels": "halves", "ptr": size["ptr"], "pte": size["pte"], "depth": 3,
-            "act": "softplus", "loss": "softhinge", "stop_margin": 1.0, "t_end": size["t_end"], "saves": 40,
+    base = {"dataset": "fashion-mnist", "data_dir": data_dir, "labels": "halves", "ptr": size["ptr"],
+            "pte": size["pte"], "depth": 3, "act": "softplus", "loss": "softhinge", "stop_margin": 1.0, "t_end": size["t_end"], "saves": 40,
             "kernel_n": 200, "kernel_every": 4, "device": device}
     return gflow.Sweep(base=base, grid={"alpha": [float(a) for a in size["alphas"]], "width": size["widths"],
                                         "seed": list(range(size["seeds"]))})

@@ -84,7 +84,6 @@ class FullyConnected(nn.Module):
             nn.Parameter(torch.empty(n_out, n_in)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
         )
         self.multipliers, self.init_std = _scales(sizes[:-1], width, parametrization)
-        self.phi = activation(act)
         self._phi_raw, self._phi_scale = _RAW_ACTIVATIONS[act], activation_scale(act)
         self.kappa = kappa
 
@@ -116,7 +115,7 @@ class FullyConnected(nn.Module):
             products.append(z @ w.T)
             z = products[-1] * c
             if i < last:
-                z = self.phi(z)
+                z = self._phi_raw(z) * self._phi_scale  # activation(act), as the products' factors need
         return self.kappa * (z.squeeze(-1) if z.shape[-1] == 1 else z), inputs, products
 
     def hidden(self, weights: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
