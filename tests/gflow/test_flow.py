@@ -14,17 +14,7 @@ SMALL = dict(ptr=40, pte=10, width=12, depth=2)
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("model", [{}, {"arch": "cnn"}, {"linearized": True}], ids=["fc", "cnn", "linearized"])
 def test_gradient_matches_central_finite_differences(loss, centered, model):
-    flow = gflow.build(RunConfig(loss=loss, centered=centered, alpha=0.7, **SMALL, **model))
-    gen = torch.Generator().manual_seed(1)
-    w = flow.w0 + 0.1 * torch.randn(flow.n_params, generator=gen)
-    _, grad, _ = flow.loss_and_grad(w)
-    for _ in range(3):
-        u = torch.randn(flow.n_params, generator=gen)
-        u /= u.norm()
-        eps = 1e-5
-        lp = flow.loss(flow.outputs(w + eps * u, flow.x_train), "train")
-        lm = flow.loss(flow.outputs(w - eps * u, flow.x_train), "train")
-        assert float(grad @ u) == pytest.approx((lp - lm) / (2 * eps), rel=1e-6, abs=1e-12)
+    _finite_difference_check(gflow.build(RunConfig(loss=loss, centered=centered, alpha=0.7, **SMALL, **model)))
 
 
 def test_loss_is_the_papers_scaled_and_centred_loss():

@@ -4,7 +4,20 @@ import math
 
 import torch
 
-from solvers import FunctionProblem
+from solvers import FunctionProblem, Observer
+
+
+class Recorder(Observer):
+    """Keeps every step and save record an integration reports."""
+
+    def __init__(self):
+        self.steps, self.saves = [], []
+
+    def on_step(self, record):
+        self.steps.append(record)
+
+    def on_save(self, record):
+        self.saves.append(record)
 
 
 def decay(rate: float = 1.0) -> FunctionProblem:

@@ -16,18 +16,7 @@ from solvers import (
     integrate,
 )
 
-from .problems import decay
-
-
-class Recorder(Observer):
-    def __init__(self):
-        self.steps, self.saves = [], []
-
-    def on_step(self, record):
-        self.steps.append(record)
-
-    def on_save(self, record):
-        self.saves.append(record)
+from .problems import Recorder, decay
 
 
 def test_save_times_are_hit_exactly_and_every_save_is_reported():

@@ -3,21 +3,10 @@ import math
 import pytest
 import torch
 
-from solvers import MaxSteps, Observer, TorchDiffEq, integrate
+from solvers import MaxSteps, TorchDiffEq, integrate
 from solvers.torchdiffeq_backend import ADAPTIVE, FIXED, METHODS
 
-from .problems import decay, oscillator, oscillator_solution
-
-
-class Recorder(Observer):
-    def __init__(self):
-        self.steps, self.saves = [], []
-
-    def on_step(self, record):
-        self.steps.append(record)
-
-    def on_save(self, record):
-        self.saves.append(record)
+from .problems import Recorder, decay, oscillator, oscillator_solution
 
 
 class Counted:
