@@ -25,6 +25,7 @@ from .losses import classification_error
 from .manifest import NAME as MANIFEST
 from .manifest import Manifest
 from .store import TrajectoryFile
+from .store.listing import directory_runs, natural_key
 from .timescales import power_law
 
 RESULTS = ("file", "status", "stop_reason", "t", "steps", "evals", "wall", "train_loss", "train_err",
@@ -56,22 +57,13 @@ def catalog(directory: str | Path, eps: float = 0.1) -> pd.DataFrame:
         recorded = Manifest(directory).read()
     except GflowError as e:
         recorded = {MANIFEST: {"state": "unreadable", "reason": str(e)}}
-    files = sorted(directory.glob("*.h5"), key=lambda p: natural_key(p.name))
+    files = directory_runs(directory)
     rows = [_row(path, eps, recorded.get(path.stem)) for path in files]
     present = {path.stem for path in files}
     rows += [_recorded_row(name, entry) for name, entry in sorted(recorded.items(), key=lambda e: natural_key(e[0]))
              if name not in present]
     arguments = sorted({k for row in rows for k in row if k not in CONFIG and k not in RESULTS})
     return pd.DataFrame(rows, columns=[*CONFIG, *RESULTS, *arguments])
-
-
-_NUMBER = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
-
-
-def natural_key(name: str) -> tuple[tuple[int, float | str], ...]:
-    """A sort key that orders the numbers in names by value: alpha=2 before alpha=10 and
-    alpha=1e-2 before alpha=0.5 (a sweep's file names are its grid values)."""
-    return tuple((0, float(part)) if i % 2 else (1, part) for i, part in enumerate(_NUMBER.split(name)) if part)
 
 
 def _recorded_row(name: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +128,18 @@ def _config_columns(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(name), list):
             row[name] = " ".join(map(str, row[name]))
     return row
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a catalog a person reads it by: file and status, the config fields
+    (and factory arguments) whose values differ between the rows (a sweep's grid, an
+    ensemble's seeds), the results that some row has, and stop_reason unless every run
+    finished (``gflow query``'s table; CSV and JSON keep every column)."""
+    # over the rows that have a config (an unreadable file's row has none)
+    varying = [c for c in table.columns if c not in RESULTS and table[c].dropna().astype(str).nunique() > 1]
+    results = [c for c in RESULTS if c not in ("file", "status", "stop_reason") and table[c].notna().any()]
+    unfinished = (table["status"] != "finished").any()
+    return table[["file", "status", *varying, *results, *(["stop_reason"] if unfinished else [])]]
 
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(==|!=|<=|>=|<|>|=)\s*(.*?)\s*$")

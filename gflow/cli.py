@@ -206,10 +206,16 @@ def format_summary(traj: Any) -> str:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .store import TrajectoryFile  # the file alone: no network, no torch
+    from .store.listing import run_files
 
-    for path in args.files:
-        print(format_summary(TrajectoryFile(path)))
-    return 0
+    failed = 0
+    for path in run_files(args.files):
+        try:
+            print(format_summary(TrajectoryFile(path)))
+        except GflowError as e:  # one damaged run of a directory does not hide the others
+            print(f"gflow: error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -341,14 +347,16 @@ def _line_per_run(total: int) -> Callable[[dict[str, str]], None] | None:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from .catalog import catalog, where
+    from .catalog import catalog, readable, where
 
     table = where(catalog(args.dir), args.where or [])
-    if args.columns:
+    if args.columns and args.columns != ["all"]:
         missing = [c for c in args.columns if c not in table.columns]
         if missing:
             raise GflowError(f"--columns: no column {missing[0]!r}; columns: {', '.join(table.columns)}")
         table = table[args.columns]
+    elif not args.columns and args.format == "table":
+        table = readable(table)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":
@@ -414,7 +422,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("t1", help="time scale t1 at which each run leaves the tangent space")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="trajectory files, or directories of them (a sweep's, an ensemble's)")
     p.add_argument("--eps", type=float, default=0.1, help="threshold of the gap and kernel estimators (default 0.1)")
     p.add_argument("--format", choices=["table", "csv"], default="table")
     _add_trust_flag(p)
@@ -454,7 +462,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="a table of the runs in a directory: config fields and results")
     p.add_argument("dir")
     p.add_argument("--where", action="append", metavar="EXPR", help="COLUMN OP VALUE, e.g. alpha>=1 (repeatable: and)")
-    p.add_argument("--columns", nargs="+", help="columns to show (default: all)")
+    p.add_argument("--columns", nargs="+", help="columns to show, or 'all' (default: all for csv and json; for the "
+                   "table, the config fields whose values differ between the runs, then the results any run has)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.set_defaults(func=_cmd_query)
 
@@ -473,7 +482,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("show", help="summarise stored runs")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="trajectory files, or directories of them (a sweep's, an ensemble's)")
     p.set_defaults(func=_cmd_show)
     return parser
 

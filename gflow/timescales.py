@@ -14,6 +14,7 @@ import pandas as pd
 from .config import RunConfig
 from .errors import GflowError, UntrustedCode
 from .geometry import check_threshold, first_crossing
+from .store.listing import run_files
 from .trajectory import open_trajectory
 
 
@@ -23,37 +24,57 @@ def t1_table(paths: Sequence[str | Path], eps: float = 0.1, *, trust_code: bool 
     the last save, ``jvp`` (how the Jacobian-vector products were taken: forward, or
     reverse-over-reverse for fused kernels without a forward rule) and ``note``.
 
-    The linearization and curvature estimators rebuild the network: runs made with factory
-    references need ``trust_code=True`` (see :func:`gflow.open`; without it, UntrustedCode)
-    and the user's code importable. Where the network cannot be rebuilt, the row still gives
-    the kernel t1 from the kernel snapshots the run stored (NaN without them) and ``note``
-    says why the others are missing."""
+    ``paths``: trajectory files, or directories of them (a sweep's, an ensemble's: their
+    ``*.h5`` files). A file named here that cannot be read is an error; one of a directory
+    gets a row of NaN whose note says why, so that it does not hide the others (as in the
+    catalog). The linearization and curvature estimators rebuild the network: runs made
+    with factory references need ``trust_code=True`` (see :func:`gflow.open`; without it,
+    UntrustedCode) and the user's code importable. Where the network cannot be rebuilt, the
+    row still gives the kernel t1 from the kernel snapshots the run stored (NaN without
+    them) and ``note`` says why the others are missing."""
     check_threshold(eps)
     rows = []
-    for path in paths:
-        traj = open_trajectory(path, trust_code=trust_code)
-        if not len(traj):
-            raise GflowError(f"{path}: no saves yet: no time scale to measure")
-        cfg = traj.config
-        row = {"file": str(path), "alpha": cfg.alpha, "width": cfg.network_width, "seed": cfg.seed,
-               "t_end": float(traj.save_times[-1]), "t1_linearization": math.nan, "t1_kernel": math.nan,
-               "t1_curvature": math.nan, "kernel_change_end": math.nan, "jvp": "", "note": ""}
-        try:
-            flow = traj.flow
-        except UntrustedCode:
-            raise
-        except GflowError as e:
-            flow, row["note"] = None, f"no network ({e}): kernel t1 from the stored snapshots only"
-        # the kernel change is computed once (from the stored states when the run took no
-        # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it
-        times, change = traj.kernel_change() if flow is not None else traj.stored_kernel_change()
-        if len(change):
-            row.update(t1_kernel=first_crossing(times, change, eps), kernel_change_end=float(change[-1]))
-        if flow is not None:
-            row.update(t1_linearization=traj.t1("linearization", eps), t1_curvature=traj.t1("curvature"),
-                       jvp=flow.model.jvp.mode or "")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for given in paths:
+        listed = Path(given).is_dir()
+        for path in run_files([given]):
+            try:
+                rows.append(_t1_row(path, eps, trust_code))
+            except UntrustedCode:
+                raise
+            except GflowError as e:
+                if not listed:
+                    raise
+                rows.append({**_row(path), "note": f"unreadable: {e}"})
+    return pd.DataFrame(rows).astype({"seed": "Int64"})  # integers beside an unreadable run's missing seed
+
+
+def _row(path: Path, cfg: RunConfig | None = None, t_end: float = math.nan) -> dict:
+    """A row of :func:`t1_table` with no time scale measured yet."""
+    return {"file": str(path), "alpha": cfg.alpha if cfg else math.nan, "width": cfg.network_width if cfg else math.nan,
+            "seed": cfg.seed if cfg else math.nan, "t_end": t_end, "t1_linearization": math.nan,
+            "t1_kernel": math.nan, "t1_curvature": math.nan, "kernel_change_end": math.nan, "jvp": "", "note": ""}
+
+
+def _t1_row(path: Path, eps: float, trust_code: bool) -> dict:
+    traj = open_trajectory(path, trust_code=trust_code)
+    if not len(traj):
+        raise GflowError(f"{path}: no saves yet: no time scale to measure")
+    row = _row(path, traj.config, float(traj.save_times[-1]))
+    try:
+        flow = traj.flow
+    except UntrustedCode:
+        raise
+    except GflowError as e:
+        flow, row["note"] = None, f"no network ({e}): kernel t1 from the stored snapshots only"
+    # the kernel change is computed once (from the stored states when the run took no
+    # snapshots) for both its t1 and its final value; traj.t1("kernel") would redo it
+    times, change = traj.kernel_change() if flow is not None else traj.stored_kernel_change()
+    if len(change):
+        row.update(t1_kernel=first_crossing(times, change, eps), kernel_change_end=float(change[-1]))
+    if flow is not None:
+        row.update(t1_linearization=traj.t1("linearization", eps), t1_curvature=traj.t1("curvature"),
+                   jvp=flow.model.jvp.mode or "")
+    return row
 
 
 def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

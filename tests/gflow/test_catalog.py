@@ -59,6 +59,20 @@ def test_query_csv_has_a_header_of_field_and_result_names(runs, capsys):
     assert len(records) == 4 and all(r["alpha"] == 0.5 for r in records)
 
 
+def test_query_table_shows_what_differs_between_runs_and_csv_keeps_every_column(runs, capsys):
+    assert main(["query", str(runs)]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[:2] == ["file", "status"] and set(header[2:5]) == {"alpha", "width", "seed"}
+    assert {"evals", "test_err", "kernel_change", "sharpness"} <= set(header) and "depth" not in header
+    assert header[-1] == "stop_reason"  # junk.h5 is unreadable: its reason is shown
+    assert main(["query", str(runs), "--where", "status==finished"]) == 0
+    assert "stop_reason" not in capsys.readouterr().out.splitlines()[0].split()
+    for extra in (["--format", "csv"], ["--columns", "all"]):
+        assert main(["query", str(runs), *extra]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert len(first.replace(",", " ").split()) == len(catalog(runs).columns), extra
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_figure_is_drawn_to_a_png(runs, tmp_path, kind):
     out = plot(runs, kind, tmp_path / f"{kind}.png")

@@ -139,6 +139,29 @@ def test_show_of_a_stopped_run_gives_t_and_loss_of_the_same_step(tmp_path, capsy
     assert f"loss {loss:.4e} at t = {t:.6g}; error" in shown and "at the last save" in shown
 
 
+def test_show_and_t1_read_a_directory_as_its_runs_and_a_damaged_one_does_not_hide_the_others(tmp_path, capsys):
+    import csv
+    import io
+
+    out = tmp_path / "ens"
+    assert main(["run", "--ensemble", "2", *FAST, "--kernel-n", "6", "--out", str(out)]) == 0
+    members = sorted(p.name for p in out.glob("*.h5"))
+    (out / "junk.h5").write_bytes(b"not hdf5")
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 2
+    shown = capsys.readouterr()
+    assert shown.out.count("status       finished") == 2
+    assert shown.out.index(members[0]) < shown.out.index(members[1])
+    assert shown.err.count("\n") == 1 and "junk.h5: not an HDF5 file" in shown.err
+    assert main(["t1", str(out), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["file"].split("/")[-1] for r in rows] == ["junk.h5", *members]
+    assert rows[0]["note"].startswith("unreadable: ") and [r["seed"] for r in rows[1:]] == ["0", "1"]
+    assert all(float(r["t1_kernel"]) > 0 for r in rows[1:])
+    assert main(["t1", str(out / "junk.h5")]) == 2  # a file named on its own is an error
+    assert main(["show", str(tmp_path / "empty")]) == 2 and "no such file or directory" in capsys.readouterr().err
+
+
 def test_t1_without_the_users_package_gives_the_stored_kernel_t1_and_says_why(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()

@@ -85,9 +85,11 @@ def test_an_unwritable_output_is_one_line(tmp_path, capsys, monkeypatch):
     _refused(capsys, tmp_path, "run", *FAST, "--out", str(tmp_path / "r.h5"), message="Read-only file system")
 
 
-@pytest.mark.parametrize("command", [["show"], ["t1"], ["run", "--resume"]])
-def test_a_directory_given_as_a_trajectory_is_named_as_such(tmp_path, capsys, command):
-    _refused(capsys, tmp_path, *command, str(tmp_path), message="not a file")
+@pytest.mark.parametrize("command,message", [(["show"], r"a directory with no trajectory files \(\*\.h5\) in it"),
+                                             (["t1"], r"a directory with no trajectory files \(\*\.h5\) in it"),
+                                             (["run", "--resume"], "not a file")])
+def test_a_directory_without_runs_is_refused_naming_what_it_lacks(tmp_path, capsys, command, message):
+    _refused(capsys, tmp_path, *command, str(tmp_path), message=message)
 
 
 @pytest.mark.parametrize("eps", ["-1", "nan", "0", "inf"])
