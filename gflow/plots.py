@@ -135,12 +135,13 @@ def learning_curves_figure(directory: str | Path):
     fig, axes = _figure(2, 2)
     cmap = matplotlib.colormaps["viridis"]
     scales = np.log10(table["scale"].to_numpy())
+    one_scale = bool(np.ptp(scales) == 0)  # a colour bar of one value means nothing: the legend says it
     norm = matplotlib.colors.Normalize(scales.min(), max(scales.max(), scales.min() + 1e-9))
     widths = list(table["width"].drop_duplicates().sort_values())
     for (alpha, width), group in table.groupby(["alpha", "width"], dropna=False):
         scale = float(group["scale"].iloc[0])
         style = _STYLES[next(i for i, w in enumerate(widths) if w == width or pd.isna(w) and pd.isna(width)) % len(_STYLES)]
-        color = cmap(norm(np.log10(scale)))
+        color = "C0" if one_scale else cmap(norm(np.log10(scale)))
         for row, column in enumerate(("train_err", "test_err")):
             times, mean, std = _curves(directory, group["file"], column)
             for col, x in enumerate((times, times / scale)):
@@ -158,10 +159,14 @@ def learning_curves_figure(directory: str | Path):
     seeds = int(table.groupby(["alpha", "width"], dropna=False).size().max())
     handles = [matplotlib.lines.Line2D([], [], color="k", ls=_STYLES[i % len(_STYLES)], label=_width_label(w))
                for i, w in enumerate(widths)]
-    axes[0, 0].legend(handles=handles, fontsize=8, title=f"mean of {_seeds(seeds)}, band: std", title_fontsize=8)
+    title = f"mean of {_seeds(seeds)}, band: std"
+    if one_scale:
+        title += f"\n{_scale_label(table)} = {float(table['scale'].iloc[0]):.3g}"
+    axes[0, 0].legend(handles=handles, fontsize=8, title=title, title_fontsize=8)
     _no_width_note(axes[1, 0], table)
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(),
-                 label=_scale_label(table, log=True))
+    if not one_scale:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(),
+                     label=_scale_label(table, log=True))
     return fig
 
 

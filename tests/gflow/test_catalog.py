@@ -79,6 +79,18 @@ def test_every_figure_is_drawn_to_a_png(runs, tmp_path, kind):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
+def test_learning_curves_of_one_scale_name_it_in_the_legend_not_in_a_colour_bar(runs, tmp_path):
+    from gflow.plots import learning_curves_figure
+
+    assert len(learning_curves_figure(runs).axes) == 5  # four panels and the colour bar of sqrt(h) alpha
+    base = RunConfig(ptr=40, pte=20, width=6, t_end=5.0, saves=4)
+    for seed in (0, 1):
+        gflow.run(base.replace(seed=seed), tmp_path / f"s{seed}.h5", progress=False)
+    fig = learning_curves_figure(tmp_path)
+    assert len(fig.axes) == 4
+    assert fig.axes[0].get_legend().get_title().get_text().endswith(f"= {6 ** 0.5:.3g}")
+
+
 def test_plot_errors_are_clean(tmp_path):
     with pytest.raises(GflowError, match="no such directory"):
         plot(tmp_path / "missing", "phase", tmp_path / "x.png")
