@@ -388,6 +388,22 @@ def run_sweep(
 
         for device in dict.fromkeys(cfg.device for cfg in runs):
             available_device(device)
+    workers = workers or os.cpu_count() or 1
+    # Each worker gets its share of the cores: torch would otherwise start one thread per
+    # core in every worker and the workers would fight over them.
+    # (a remote scheduler's workers have cores of their own: Dask's nanny sets their
+    # OMP_NUM_THREADS, which gflow.threads honours).
+    threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
+    if engine in JOBQUEUES:
+        jobs = jobs or Jobs()
+        # A bad option or a missing dask-jobqueue (or Dask, below) is one error before any job
+        # is queued and before the directory is made.
+        jobs.cluster(engine).close()
+        submit = _dask_engine(workers, None, make=lambda: jobs.cluster(engine, scaled=True))
+    elif engine == "dask":
+        submit = _dask_engine(workers, scheduler, cluster)
+    else:
+        submit = _local_engine(workers)
     try:
         if out.exists() and not out.is_dir():
             raise GflowError(f"sweep output {out} exists and is not a directory")
@@ -399,20 +415,6 @@ def run_sweep(
     defaults = RunConfig().to_dict()
     Manifest(out).update({sweep.name(cfg): {"state": "planned", "reason": "", "config": {
         k: v for k, v in cfg.to_dict().items() if v != defaults[k]}} for cfg in runs})
-    workers = workers or os.cpu_count() or 1
-    # Each worker gets its share of the cores: torch would otherwise start one thread per
-    # core in every worker and the workers would fight over them.
-    # (a remote scheduler's workers have cores of their own: Dask's nanny sets their
-    # OMP_NUM_THREADS, which gflow.threads honours).
-    threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
-    if engine in JOBQUEUES:
-        jobs = jobs or Jobs()
-        jobs.cluster(engine).close()  # a bad option or a missing dask-jobqueue: one error before any job is queued
-        submit = _dask_engine(workers, None, make=lambda: jobs.cluster(engine, scaled=True))
-    elif engine == "dask":
-        submit = _dask_engine(workers, scheduler, cluster)
-    else:
-        submit = _local_engine(workers)
     results = []
     counts: Counter[str] = Counter()
     from .ensembles import run_group

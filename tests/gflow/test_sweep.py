@@ -343,7 +343,20 @@ def test_a_grid_too_large_is_refused_before_it_is_expanded(tmp_path, capsys):
     assert code == 2 and "expands to 1000000 runs" in err, err
 
 
+@pytest.mark.parametrize("engine,module,message", [
+    ("dask", "dask.distributed", "--engine dask needs Dask distributed: pip install 'gflow[dask]'"),
+    ("slurm", "dask_jobqueue", "--engine slurm needs dask-jobqueue: pip install 'gflow[cluster]'")])
+def test_an_engine_whose_package_is_missing_is_one_line_and_makes_nothing(tmp_path, capsys, monkeypatch, engine,
+                                                                          module, message):
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails, as where it is not installed
+    (tmp_path / "s.toml").write_text(TINY)
+    code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs", "--engine", engine)
+    assert code == 2 and err == f"gflow: error: {message}\n", err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_unreachable_scheduler_is_one_line_within_its_bound(tmp_path, capsys):
+    pytest.importorskip("dask.distributed")
     (tmp_path / "s.toml").write_text(TINY)
     start = time.monotonic()
     code, out, err = _cli(capsys, "sweep", tmp_path / "s.toml", "--out", tmp_path / "runs", "--engine", "dask",
