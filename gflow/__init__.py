@@ -11,6 +11,7 @@ from solvers.lazy import make_lazy
 # Imported on first use (solvers.lazy): `gflow --help` and `gflow show` never load torch.
 _WHERE = {
     **dict.fromkeys(("catalog", "ensemble"), "catalog"),
+    **dict.fromkeys(("resume_ensemble", "run_ensemble"), "ensembles"),
     "compare": "compare",
     "RunConfig": "config",
     **dict.fromkeys(("ConfigError", "FileFormatError", "GflowError"), "errors"),

@@ -128,7 +128,7 @@ def run(cfg: RunConfig, out: str | Path, *, model: nn.Module | None = None, data
     """
     if cfg.ensemble > 1:
         raise ConfigError("ensemble", cfg.ensemble, "run() integrates one network; an ensemble goes to a directory "
-                          "of members: gflow.ensembles.run_ensemble(cfg, directory) (gflow run --ensemble K --out DIR)")
+                          "of members: gflow.run_ensemble(cfg, directory) (gflow run --ensemble K --out DIR)")
     out = Path(out)
     _check_output(out, overwrite)
     check_available(cfg)
