@@ -157,6 +157,16 @@ def test_the_evaluation_benchmark_times_eager_compiled_and_raw_in_one_process(tm
     assert (tmp_path / "evaluation.md").is_file()
 
 
+def test_the_processes_benchmark_times_both_ways_on_the_same_integrations(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/ensemble_processes.py", "--members", "2", "--widths", "6",
+                           "--repeats", "1", "--t-end", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(tmp_path / "ensemble_processes.csv").iloc[0]
+    assert row["width"] == 6 and row["members"] == 2 and row["evals_per_member"] > 0
+    assert row["speedup"] == pytest.approx(row["one_after_another_s"] / row["side_by_side_s"])
+
+
 def test_the_device_check_passes_every_check_on_the_cpu_and_writes_its_rows(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/device_check.py", "--device", "cpu", "--quick", "--out",
                            str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
