@@ -102,6 +102,20 @@ def test_members_one_by_one_are_bitwise_their_single_runs_and_the_catalog_equals
     pd.testing.assert_frame_equal(gflow.ensemble(tmp_path / "ens"), gflow.ensemble(alone))
 
 
+def test_members_one_by_one_share_one_thread_count_whatever_load_the_earlier_ones_made(tmp_path, monkeypatch):
+    from gflow.store import TrajectoryFile
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)  # two cores
+    # idle when the ensemble starts; then as loaded as the first members' own work leaves
+    # the 1-minute load average for the next ones
+    loads = iter([0.0] + [2.0] * 100)
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    results = run_ensemble(BASE.replace(ensemble=3, kernel_n=0, ensemble_eval="sequential"), tmp_path / "ens")
+    assert [r["status"] for r in results] == ["finished"] * 3
+    assert [TrajectoryFile(p).threads for p in sorted((tmp_path / "ens").glob("*.h5"))] == [2, 2, 2]
+
+
 @pytest.mark.parametrize("how", ["vmap", "sequential"])
 def test_a_failing_member_fails_alone(tmp_path, how):
     cfg = BASE.replace(model="tests.gflow.usercode:nan_for_seed", model_args={"bad": 1}, width=100, kernel_n=0,
