@@ -211,3 +211,33 @@ def test_default_threads_honour_omp_num_threads_and_the_load(monkeypatch):
     assert default_threads() == 1  # a loaded machine: one thread
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert default_threads() == len(os.sched_getaffinity(0))  # idle: every core
+
+
+def test_a_process_does_not_count_its_own_load_as_another_s(monkeypatch):
+    import os
+
+    from gflow import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.0, 0.0))
+    monkeypatch.setattr(threads, "own_load", lambda: 1.8)  # the load is this process's last run
+    assert threads.default_threads() == 2
+    monkeypatch.setattr(threads, "own_load", lambda: 0.1)  # another process's
+    assert threads.default_threads() == 1
+
+
+def test_own_load_is_the_cpu_rate_damped_like_the_load_average(monkeypatch):
+    import math
+    import time
+
+    from gflow import threads
+
+    clock = iter([0.0, 60.0, 120.0, 120.0])
+    cpu = iter([0.0, 120.0, 120.0, 120.0])  # two cores busy for a minute, then idle for one
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(time, "process_time", lambda: next(cpu))
+    load = threads.OwnLoad()
+    assert load() == pytest.approx(2 * (1 - math.exp(-1)))
+    assert load() == pytest.approx(2 * (1 - math.exp(-1)) * math.exp(-1))
+    assert load() == pytest.approx(2 * (1 - math.exp(-1)) * math.exp(-1))  # no time passed: unchanged
