@@ -116,10 +116,11 @@ def _run_members(members: list[tuple[str, RunConfig, Path]], on_member: OnMember
         return result
 
     if any(one_by_one(cfg) for _, cfg, _ in members):
-        # One thread count for every member, chosen before the first: chosen per member, the
-        # load average (a minute's memory) would count the earlier members' own work as
-        # another's and give the later ones fewer threads (measured: 8 members at h = 300 on
-        # 2 idle cores took [2, 2, 1, 1, 1, 1, 1, 1] threads and 53.7 s, against 35.7 s on 2).
+        # One thread count for every member, chosen before the first, as for members
+        # integrated together: the members round alike, and the earlier members' load cannot
+        # hold the later ones to fewer threads (before this and gflow.threads.OwnLoad, 8
+        # members at h = 300 on 2 idle cores took [2, 2, 1, 1, 1, 1, 1, 1] threads and 53.7 s,
+        # against 35.7 s on 2).
         with torch_threads(_threads(members)) as threads, threads_env(threads):
             return [report(run_one(cfg.to_json(), str(path))) for _, cfg, path in members]
     results: dict[str, dict[str, str]] = {}
