@@ -8,6 +8,10 @@
 
 from solvers.lazy import make_lazy
 
+from . import allocator as _allocator
+
+_allocator.align_blocks_to_pages()  # before anything loads torch: torch reads it once (gflow/allocator.py)
+
 # Imported on first use (solvers.lazy): `gflow --help` and `gflow show` never load torch.
 _WHERE = {
     **dict.fromkeys(("catalog", "ensemble"), "catalog"),

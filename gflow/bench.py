@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import torch
 
 from solvers import integrate
 
+from . import allocator
 from .config import RunConfig
 from .flow import GradientFlow, build
 from .methods import interpolates, make_events, make_method, save_times
@@ -517,7 +519,9 @@ def peak_memory(cfg: RunConfig, repeats: int = 1) -> dict[str, float]:
     same imports): ``raw_peak_mb``, ``run_peak_mb`` (medians over ``repeats`` pairs),
     ``peak_over_raw`` (their ratio), and the lowest and highest pair's ratio. A run's peak
     varies by a few percent between identical runs (glibc's heap, and memory released on
-    a clock: gflow.limits.ReleaseFreedMemory): four pairs at 1M parameters, 1.61-1.73x."""
+    a clock: gflow.limits.ReleaseFreedMemory). The raw process runs on torch's default
+    allocator (``THP_MEM_ALLOC_ENABLE=0``), as a plain torch script would; the run on gflow's
+    choice (gflow/allocator.py) unless the caller's environment sets the variable."""
     import subprocess
     import sys
 
@@ -526,8 +530,9 @@ def peak_memory(cfg: RunConfig, repeats: int = 1) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(repeats):
             for mode in ("raw", "run"):
+                env = {**os.environ, allocator.VARIABLE: "0"} if mode == "raw" else None
                 done = subprocess.run([sys.executable, "-c", code, cfg.to_json(), mode, str(Path(tmp) / f"run{k}.h5")],
-                                      capture_output=True, text=True, check=True)
+                                      capture_output=True, text=True, check=True, env=env)
                 peaks[mode].append(int(done.stdout.split()[-1]) / 2**20)
     raw_peak, run_peak = float(np.median(peaks["raw"])), float(np.median(peaks["run"]))
     ratios = [b / a for a, b in zip(peaks["raw"], peaks["run"])]
