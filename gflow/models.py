@@ -212,7 +212,7 @@ class FlatModel:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module.eval()
+        self.module = module.train(False)  # eval mode
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise ConfigError("model", qualified_name(module), "has no trainable parameters (requires_grad=True)")
