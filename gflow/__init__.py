@@ -9,6 +9,7 @@
 from solvers.lazy import make_lazy
 
 from . import allocator as _allocator
+from . import threads as _threads  # noqa: F401  (its readings of this process's load start now)
 
 _allocator.align_blocks_to_pages()  # before anything loads torch: torch reads it once (gflow/allocator.py)
 

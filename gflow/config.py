@@ -174,8 +174,8 @@ class RunConfig:
                               "CPU; compiling takes 4-20 s); default: compile when the training set's forward pass "
                               "produces at least 1e7 elements (gflow.compilation), where that pays back within a short run")
     device: str = _f("cpu", "where tensors live: cpu, cuda, or one GPU as cuda:N")
-    threads: int | None = _f(None, "torch threads of the run (default: OMP_NUM_THREADS, else the cores the load "
-                             "average leaves free, at least 1; a sweep worker's share of the cores; recorded in "
+    threads: int | None = _f(None, "torch threads of the run (default: OMP_NUM_THREADS, else the cores other "
+                             "processes leave free, at least 1; a sweep worker's share of the cores; recorded in "
                              "the file)")
     dtype: str = _f("float64", "floating-point precision (a built-in network draws w0 from the seed in this "
                                "precision: float32's w0 is its own draw, not float64's rounded)")
