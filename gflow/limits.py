@@ -109,7 +109,9 @@ class ReleaseFreedMemory(Observer):
     (benchmarks/overhead_user_mlp_1m.toml, at commit 26a3534), peak 0.93-0.95 GB without
     releases, 0.78 GB releasing after every step, 0.81 GB as here, against 0.46 GB for raw
     forward and backward passes alone. The slack hardly matters: 16, 32 and 64 MiB gave
-    the same peak (0.75-0.77 GB, at e045efa), which is reached within a step.
+    the same peak (0.75-0.77 GB, at e045efa), which is reached within a step. With torch's
+    blocks page-aligned (gflow/allocator.py) the releases still matter: 659-665 MB against
+    741-820 MB without them (two pairs, same wall time).
 
     A release is not free: the call walks the heap, and the next evaluation faults the
     pages it gave back in again (4.5 ms on a 7.4 ms evaluation at 26.5k parameters). Where
