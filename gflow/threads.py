@@ -91,9 +91,13 @@ class RecentBusy:
     after the first one thread (the default run at h = 300, t_end = 100: 7.2-7.3 s against
     4.8 s for the first). And it counts only the CPUs this process may use, where the load
     average counts a whole node's. None where /proc/stat is not readable, or over an interval
-    shorter than ``MIN_INTERVAL`` (its ticks are 10 ms; the interval then runs on)."""
+    shorter than ``MIN_INTERVAL`` (its ticks are 10 ms; the interval then runs on). A reading
+    older than ``MAX_INTERVAL`` is not used: an average over it would dilute a process
+    that started since (a notebook's first run an hour after importing gflow), so the
+    interval is sampled afresh, ``MIN_INTERVAL`` long."""
 
     MIN_INTERVAL = 0.2
+    MAX_INTERVAL = 10.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,9 +114,15 @@ class RecentBusy:
             if now is None or last is None:
                 self._last = now
                 return None
-            elapsed = now[0] - last[0]
-            if elapsed < self.MIN_INTERVAL:
+            if now[0] - last[0] > self.MAX_INTERVAL:
+                time.sleep(self.MIN_INTERVAL)  # at least that long: no check of the interval after
+                last, now = now, self._reading()
+                if now is None:
+                    self._last = None
+                    return None
+            elif now[0] - last[0] < self.MIN_INTERVAL:
                 return None
+            elapsed = now[0] - last[0]
             self._last = now
             return max(0.0, (now[1] - last[1] - (now[2] - last[2])) / elapsed)
 

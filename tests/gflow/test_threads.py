@@ -61,6 +61,20 @@ def test_recent_busy_is_other_processes_work_on_this_process_s_cpus_per_second(m
     assert busy() is None  # unreadable
 
 
+def test_recent_busy_samples_afresh_rather_than_average_over_an_old_interval(monkeypatch):
+    from gflow import threads
+
+    # imported at t = 0; idle for an hour; then another process busy on one core when the
+    # run starts: averaged over the hour it would be 0.0003 of a core
+    readings = iter([(0.0, 0.0, 0.0), (3600.0, 1.0, 0.0), (3600.2, 1.2, 0.0)])
+    slept = []
+    monkeypatch.setattr(threads.RecentBusy, "_reading", staticmethod(lambda: next(readings)))
+    monkeypatch.setattr(time, "sleep", slept.append)
+    busy = threads.RecentBusy()
+    assert busy() == pytest.approx(1.0)
+    assert slept == [threads.RecentBusy.MIN_INTERVAL]
+
+
 def test_busy_seconds_count_only_the_cpus_given(tmp_path, monkeypatch):
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
