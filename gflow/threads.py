@@ -88,8 +88,8 @@ class RecentBusy:
     B the busy CPU seconds of /proc/stat summed over the CPUs of this process's affinity,
     C this process's CPU time. It forgets a process that has ended, which the load average
     remembers for a minute: a loop of ``gflow run`` commands on 2 idle cores gave every run
-    after the first one thread (the default run at h = 300, t_end = 100: 7.2-7.3 s against
-    4.8 s for the first). And it counts only the CPUs this process may use, where the load
+    after the first one thread (benchmarks/run_loop.py, h = 300, t_end = 100: 7.0-7.2 s a
+    run; on two, 4.0-4.3 s). And it counts only the CPUs this process may use, where the load
     average counts a whole node's. None where /proc/stat is not readable, or over an interval
     shorter than ``MIN_INTERVAL`` (its ticks are 10 ms; the interval then runs on). A reading
     older than ``MAX_INTERVAL`` is not used: an average over it would dilute a process

@@ -167,6 +167,16 @@ def test_the_processes_benchmark_times_both_ways_on_the_same_integrations(tmp_pa
     assert row["speedup"] == pytest.approx(row["one_after_another_s"] / row["side_by_side_s"])
 
 
+def test_the_run_loop_benchmark_records_each_command_s_threads_and_times(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/run_loop.py", "--runs", "2", "--width", "6", "--t-end", "2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "run_loop.csv")
+    assert list(table["command"]) == [1, 2] and set(table["situation"]) == {"idle"}
+    assert (table["threads"] >= 1).all() and (table["evals"] > 0).all()
+    assert (table["command_s"] > table["run_wall_s"]).all()  # a command is its run and its start-up
+
+
 def test_the_device_check_passes_every_check_on_the_cpu_and_writes_its_rows(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/device_check.py", "--device", "cpu", "--quick", "--out",
                            str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
