@@ -1,6 +1,6 @@
 """How torch's CPU allocator places a run's blocks: page-aligned, and those of 2 MiB and more
 on transparent huge pages where the kernel allows (``THP_MEM_ALLOC_ENABLE=1``, an option of
-PyTorch's allocator, c10/core/impl/alloc_cpu.cpp, recommended by its CPU performance guide).
+PyTorch's allocator, c10/core/impl/alloc_cpu.cpp, recommended in its CPU performance-tuning material).
 
 Why gflow asks for it: a run's state-sized vectors (the Krylov basis' rows, a step's stages,
 the gradient) are allocated and freed in an order that varies from step to step, and among
